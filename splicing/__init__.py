@@ -1,0 +1,14 @@
+"""
+splicing: OpenBSD-style socket splicing for Twisted.
+
+    from splicing import splice, SpliceError, Reason
+    s = splice(source_transport, drain_transport, max=None, idle=None)
+    s.done.addCallback(lambda r: print(r.length, r.reason, r.error))
+"""
+
+from splicing.errors import SpliceError
+from splicing.result import Reason, SpliceResult
+from splicing.splice import splice
+
+__version__ = "0.1.0"
+__all__ = ["splice", "SpliceError", "Reason", "SpliceResult"]

@@ -1,0 +1,99 @@
+"""
+What every splice keeps, whatever path moves its bytes: the byte count, the
+maximum, the idle timer and the single ending (OpenBSD's C{sounsplice}).
+"""
+
+import errno
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from splicing.errors import SpliceError
+from splicing.interfaces import ISplice
+from splicing.result import Reason, SpliceResult
+
+
+@implementer(ISplice)
+class SpliceBase:
+    """
+    The bookkeeping of one splice.  Subclasses move bytes, call L{_touch}
+    when something moved and L{_end} when it is over, and implement
+    L{_dissolve} (give the transports back) and L{_afterDone}.
+    """
+
+    log = Logger()
+    backend = None
+
+    def __init__(self, reactor, max, idle):
+        self.reactor = reactor
+        self.max = max
+        self.idle = idle
+        self.length = 0
+        self.done = Deferred()
+        self.result = None
+        self._ended = False
+        self._idleCall = None
+        self._last = reactor.seconds()
+
+    def __repr__(self):
+        return "<%s %s length=%d%s>" % (
+            type(self).__name__,
+            self.backend,
+            self.length,
+            " ended" if self._ended else "",
+        )
+
+    # -- idle timeout: one timer per direction, re-armed lazily
+
+    def _startIdle(self):
+        if self.idle:
+            self._idleCall = self.reactor.callLater(self.idle, self._idleCheck)
+
+    def _touch(self):
+        self._last = self.reactor.seconds()
+
+    def _idleCheck(self):
+        self._idleCall = None
+        left = self._last + self.idle - self.reactor.seconds()
+        if left > 0:
+            self._idleCall = self.reactor.callLater(left, self._idleCheck)
+        else:
+            self._end(Reason.IDLE)
+
+    # -- the ending
+
+    def unsplice(self):
+        """Dissolve now; what was not moved stays with the source."""
+        if self._ended:
+            raise SpliceError(errno.EPROTO, "the splice has already ended")
+        self._end(Reason.UNSPLICED)
+
+    def _end(self, reason, error=None, failed=None):
+        """
+        Dissolve once: give the transports back, fire C{done}, then tell the
+        side that C{failed} (if any) that its connection is lost.
+        """
+        if self._ended:
+            return
+        self._ended = True
+        if self._idleCall is not None and self._idleCall.active():
+            self._idleCall.cancel()
+        self._idleCall = None
+        self._dissolve()
+        self.result = SpliceResult(self.length, reason, error)
+        self.log.debug(
+            "splice ended: {reason} after {length} bytes on the {backend} path",
+            reason=reason.name,
+            length=self.length,
+            backend=self.backend,
+            error=self.result.error,
+        )
+        self.done.callback(self.result)
+        self._afterDone(failed)
+
+    def _dissolve(self):
+        raise NotImplementedError
+
+    def _afterDone(self, failed):
+        raise NotImplementedError

@@ -1,0 +1,106 @@
+"""
+A pool of pipes for the kernel path, as HAProxy keeps one.
+
+A pipe is borrowed only while spliced bytes sit in it, so an idle session
+costs no descriptors.  Pipes are grown with F_SETPIPE_SZ up to
+/proc/sys/fs/pipe-max-size (quietly keeping the default size where the
+kernel refuses), a pipe that still holds data after an error is closed
+rather than reused, and the number of pipes alive is capped: running out is
+back-pressure (the splice waits for a pipe), never an exception.
+"""
+
+import fcntl
+import os
+
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
+DEFAULT_SIZE = 1 << 20
+
+
+def maxPipeSize(path="/proc/sys/fs/pipe-max-size"):
+    try:
+        with open(path) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 65536
+
+
+class Pipe:
+    """Both ends of one pipe, and how many bytes it can hold."""
+
+    __slots__ = ("r", "w", "capacity")
+
+    def __init__(self, size):
+        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            self.capacity = fcntl.fcntl(self.w, F_SETPIPE_SZ, size)
+        except OSError:  # EPERM past the user's pipe pages: keep what we have
+            self.capacity = fcntl.fcntl(self.w, F_GETPIPE_SZ)
+
+    def close(self):
+        os.close(self.r)
+        os.close(self.w)
+
+
+class PipePool:
+    """
+    Pipes for splices: C{get()} one before moving bytes, C{put(pipe, empty)}
+    it back once they are out.
+
+    @ivar size: the capacity asked of new pipes.
+    @ivar limit: the most pipes alive at once (borrowed plus idle).
+    @ivar keep: the most idle pipes kept for reuse.
+    """
+
+    def __init__(self, size=DEFAULT_SIZE, limit=1024, keep=32):
+        self.size = min(size, maxPipeSize())
+        self.limit = limit
+        self.keep = keep
+        self.inUse = 0
+        self._idle = []
+        self._waiters = []
+
+    @property
+    def idle(self):
+        return len(self._idle)
+
+    def get(self):
+        """A pipe, or None when C{limit} pipes are alive (wait with L{whenAvailable})."""
+        if self._idle:
+            pipe = self._idle.pop()
+        elif self.inUse + len(self._idle) < self.limit:
+            try:
+                pipe = Pipe(self.size)
+            except OSError:  # EMFILE/ENFILE: the same as running out
+                return None
+        else:
+            return None
+        self.inUse += 1
+        return pipe
+
+    def put(self, pipe, empty=True):
+        """Return C{pipe}; one that may still hold data is closed."""
+        self.inUse -= 1
+        if empty and len(self._idle) < self.keep:
+            self._idle.append(pipe)
+        else:
+            pipe.close()
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for callback in waiters:
+                callback()
+
+    def whenAvailable(self, callback):
+        """Call C{callback()} once, the next time a pipe is returned."""
+        self._waiters.append(callback)
+
+    def cancel(self, callback):
+        try:
+            self._waiters.remove(callback)
+        except ValueError:
+            pass
+
+    def clear(self):
+        """Close the idle pipes (at shutdown, or to count descriptors)."""
+        while self._idle:
+            self._idle.pop().close()

@@ -1,0 +1,156 @@
+"""
+The transport path: any Twisted byte-stream transport, through the
+producer/consumer API.
+
+For transports without a usable socket (TLS above all, but also stdio and
+in-memory test transports) the splice intercepts the source protocol's
+C{dataReceived} and writes to the drain transport, with the drain pausing
+the source when its buffer fills.  Payload passes through Python, but the
+semantics (max, idle, order, endings, what stays with the source) are those
+of the socket paths.
+"""
+
+import errno
+
+from twisted.internet import error as twerror
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
+from splicing.base import SpliceBase
+from splicing.result import Reason
+
+_MISSING = object()
+
+
+@implementer(IPushProducer)
+class _Throttle:
+    """Registered with the drain: passes its flow control to the source."""
+
+    def __init__(self, splice):
+        self.splice = splice
+
+    def pauseProducing(self):
+        self.splice._pause()
+
+    def resumeProducing(self):
+        self.splice._resume()
+
+    def stopProducing(self):
+        self.splice._drainLost()
+
+
+class TransportSplice(SpliceBase):
+    """A splice that moves bytes through C{dataReceived} and C{write()}."""
+
+    backend = "transport"
+
+    def __init__(self, reactor, src, dst, max, idle):
+        SpliceBase.__init__(self, reactor, max, idle)
+        self._src = src.transport
+        self._dst = dst.transport
+        self._receiver = src.receiver
+        self._saved = {}
+        self._leftover = []
+        self._paused = False
+        self._throttle = _Throttle(self)
+        self._oldProducer = None
+        self._kick = None
+
+    def start(self):
+        self._override("dataReceived", self._dataReceived)
+        self._override("connectionLost", self._connectionLost)
+        if hasattr(self._receiver, "readConnectionLost"):
+            self._override("readConnectionLost", self._readConnectionLost)
+        old = getattr(self._dst, "producer", None)
+        if old is not None:
+            self._oldProducer = (old, getattr(self._dst, "streamingProducer", True))
+            self._dst.unregisterProducer()
+        self._dst.registerProducer(self._throttle, True)
+        self._startIdle()
+        if self.max == 0:
+            self._kick = self.reactor.callLater(0, self._end, Reason.MAX)
+
+    # -- interception of the source protocol
+
+    def _override(self, name, func):
+        d = self._receiver.__dict__
+        self._saved[name] = (d.get(name, _MISSING), func)
+        d[name] = func
+
+    def _restoreAll(self):
+        d = self._receiver.__dict__
+        for name, (saved, ours) in self._saved.items():
+            if d.get(name) is ours:
+                if saved is _MISSING:
+                    del d[name]
+                else:
+                    d[name] = saved
+        self._saved = {}
+
+    def _original(self, name):
+        saved = self._saved.get(name, (_MISSING, None))[0]
+        if saved is not _MISSING:
+            return saved
+        return getattr(self._receiver, name)
+
+    def _dataReceived(self, data):
+        if self.max is not None:
+            room = self.max - self.length
+            if len(data) > room:
+                self._leftover.append(data[room:])
+                data = data[:room]
+        if data:
+            self._dst.write(data)
+            self.length += len(data)
+            self._touch()
+        if self.max is not None and self.length >= self.max:
+            self._end(Reason.MAX)
+
+    def _connectionLost(self, reason):
+        original = self._original("connectionLost")
+        if reason.check(twerror.ConnectionDone):
+            self._end(Reason.EOF)
+        else:
+            self._end(Reason.ERROR, getattr(reason.value, "errno", None) or errno.ECONNRESET)
+        original(reason)
+
+    def _readConnectionLost(self):
+        original = self._original("readConnectionLost")
+        self._end(Reason.EOF)
+        original()
+
+    # -- flow control from the drain
+
+    def _pause(self):
+        if not self._paused:
+            self._paused = True
+            self._src.pauseProducing()
+
+    def _resume(self):
+        self._touch()
+        if self._paused:
+            self._paused = False
+            self._src.resumeProducing()
+
+    def _drainLost(self):
+        self._end(Reason.ERROR, errno.EPIPE)
+
+    # -- the ending
+
+    def _dissolve(self):
+        if self._kick is not None and self._kick.active():
+            self._kick.cancel()
+        self._restoreAll()
+        if getattr(self._dst, "producer", None) is self._throttle:
+            self._dst.unregisterProducer()
+        if self._oldProducer is not None:
+            self._dst.registerProducer(*self._oldProducer)
+        if self._paused:
+            self._paused = False
+            self._src.resumeProducing()
+
+    def _afterDone(self, failed):
+        if self._leftover and self._receiver is not None:
+            data = b"".join(self._leftover)
+            self._leftover = []
+            self._receiver.dataReceived(data)

@@ -1,0 +1,207 @@
+"""
+The socket paths' engine: OpenBSD's C{somove()} in the reactor.
+
+One loop, driven by the source's read events and the drain's write events,
+moves bytes through an L{IMover} (a pipe for the kernel path, an mbuf chain
+for the mbuf path).  The loop alone decides order, maximum, EOF and errors,
+so both paths have the same semantics:
+
+  1. bytes in flight go to the drain first;
+  2. when nothing is in flight, bytes the application wrote to the drain
+     transport go out before more is read (so a C{write()} made before
+     C{splice()} arrives before any spliced byte);
+  3. then the source is read, never past C{max}.
+"""
+
+import errno
+
+from twisted.internet import error as twerror
+from twisted.python.failure import Failure
+
+from splicing.base import SpliceBase
+from splicing.result import Reason
+
+#: Passes of the loop per readiness event: bounds the time one splice holds
+#: the reactor (each pass moves up to a pipe or an in-flight budget).
+ROUNDS = 8
+
+
+def _errnoOf(reason, borrowed):
+    """The errno to report for a connection lost while spliced."""
+    value = reason.value
+    if getattr(value, "errno", None):
+        return value.errno
+    t = borrowed.transport
+    if reason.check(twerror.ConnectionAborted) or t.disconnecting or getattr(t, "_aborting", False):
+        return errno.ECONNABORTED
+    return errno.ECONNRESET
+
+
+class SocketSplice(SpliceBase):
+    """A splice between two borrowed socket transports."""
+
+    def __init__(self, reactor, src, dst, mover, max, idle):
+        SpliceBase.__init__(self, reactor, max, idle)
+        self.backend = mover.name
+        self._src = src
+        self._dst = dst
+        self._mover = mover
+        self._received = 0  # bytes taken from the source (moved or in flight)
+        self._head = b""  # bytes owed from an earlier splice, sent first
+        self._eof = False
+        self._fillBlocked = False  # EAGAIN with bytes in flight: wait for a flush
+        self._dry = False  # the source had nothing to read
+        self._waitingForBuffer = False
+        self._kick = None
+
+    def start(self):
+        self._src.takeRead(self)
+        self._dst.takeWrite(self)
+        self._head = self._src.takeLeftover(self.max)
+        self._received = len(self._head)
+        self._startIdle()
+        # Never move or end inside splice(): the first pass runs from the
+        # reactor, like every later one.
+        self._kick = self.reactor.callLater(0, self._move)
+
+    # -- readiness events (installed as the transports' doRead/doWrite)
+
+    def doRead(self):
+        self._dry = False
+        self._move()
+
+    def doWrite(self):
+        if self._dst.closing():
+            t = self._dst.transport
+            err = errno.EPIPE if not t.disconnecting else errno.ECONNABORTED
+            self._end(Reason.ERROR, err)
+            return t.doWrite()  # Twisted's own, now restored: it closes
+        self._move()
+
+    def _bufferAvailable(self):
+        self._waitingForBuffer = False
+        if not self._ended:
+            self._move()
+
+    # -- the loop
+
+    def _move(self):
+        if self._ended:
+            return
+        self._kick = None
+        mover = self._mover
+        dst = self._dst
+        max = self.max
+        moved = False
+        drainBlocked = False
+        for _ in range(ROUNDS):
+            progress = False
+            if self._head:
+                try:
+                    n = dst.socket.send(self._head)
+                except BlockingIOError:
+                    n = 0
+                except OSError as e:
+                    return self._end(Reason.ERROR, e.errno, dst)
+                if n:
+                    self._head = self._head[n:]
+                    self.length += n
+                    progress = True
+                if self._head:
+                    drainBlocked = True
+            if not self._head and mover.pending:
+                try:
+                    n = mover.flush()
+                except BlockingIOError:
+                    n = 0
+                except OSError as e:
+                    return self._end(Reason.ERROR, e.errno, dst)
+                if n:
+                    self.length += n
+                    self._fillBlocked = False
+                    progress = True
+                if mover.pending:
+                    drainBlocked = True
+            inflight = len(self._head) + mover.pending
+            if max is not None and self.length >= max:
+                return self._end(Reason.MAX)
+            if not inflight:
+                if self._eof:
+                    return self._end(Reason.EOF)
+                if dst.hasPendingWrites():
+                    why = dst.flushPendingWrites()
+                    if why:
+                        return self._end(Reason.ERROR, _errnoOf(Failure(why), dst), dst)
+                    if dst.hasPendingWrites():
+                        drainBlocked = True
+                        break
+            if self._eof or self._dry or self._fillBlocked or self._waitingForBuffer:
+                if not progress:
+                    break
+                continue
+            limit = mover.space
+            if max is not None:
+                limit = min(limit, max - self._received)
+            if limit > 0:
+                try:
+                    n = mover.fill(limit)
+                except BlockingIOError:
+                    if mover.pending:
+                        self._fillBlocked = True  # a pipe can be full below its size
+                    else:
+                        self._dry = True
+                except OSError as e:
+                    return self._end(Reason.ERROR, e.errno, self._src)
+                else:
+                    if n is None:
+                        self._waitingForBuffer = True
+                        mover.whenAvailable(self._bufferAvailable)
+                    elif n == 0:
+                        self._eof = True
+                        progress = True
+                    else:
+                        self._received += n
+                        progress = True
+            if not progress:
+                break
+            moved = True
+        if moved:
+            self._touch()
+        self._interest(drainBlocked)
+
+    def _interest(self, drainBlocked):
+        mover = self._mover
+        inflight = len(self._head) + mover.pending
+        room = mover.space > 0 and (self.max is None or self._received < self.max)
+        self._src.wantRead(
+            not self._eof and room and not self._fillBlocked and not self._waitingForBuffer
+        )
+        self._dst.wantWrite(bool(inflight) or self._dst.hasPendingWrites() or drainBlocked)
+
+    # -- endings
+
+    def transportLost(self, borrowed, reason):
+        """A transport of this splice lost its connection (closed, reset)."""
+        self._end(Reason.ERROR, _errnoOf(reason, borrowed))
+
+    def sourceEnded(self, borrowed):
+        """The reactor saw the source's read side end (hang-up, no data)."""
+        self._eof = True
+        self._move()
+        if not self._ended:
+            self._end(Reason.EOF)
+
+    def _dissolve(self):
+        if self._kick is not None and self._kick.active():
+            self._kick.cancel()
+        self._kick = None
+        leftover = self._head + self._mover.release()
+        self._head = b""
+        self._dst.releaseWrite(self)
+        self._src.releaseRead(self, leftover)
+
+    def _afterDone(self, failed):
+        self._src.deliverLeftover()
+        if failed is not None and self.result.error:
+            msg = "%s (while spliced)" % (errno.errorcode.get(self.result.error, self.result.error),)
+            failed.fail(Failure(twerror.ConnectionLost(msg)))
