@@ -1,0 +1,12 @@
+"""
+The twistd/twist dropin: C{twistd splice ...} runs L{splicing.cli}.
+"""
+
+from twisted.application.service import ServiceMaker
+
+splice = ServiceMaker(
+    "splicing",
+    "splicing.cli",
+    "OpenBSD-style spliced TCP relays (see 'twistd splice --help').",
+    "splice",
+)
