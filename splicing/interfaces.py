@@ -99,13 +99,20 @@ class IMover(Interface):
 
     name = Attribute('str: "kernel" or "mbuf".')
     pending = Attribute("int: bytes in flight (read from the source, not yet written).")
+    holding = Attribute("bool: anything in flight, zero-length datagrams included.")
+    eof = Attribute("bool: set by C{fill} once the source reached end of file.")
+    crossed = Attribute(
+        "bool: set by C{fill} when the next datagram would cross the limit "
+        "(it stays in the source; datagram movers only)."
+    )
     space = Attribute("int: how many more bytes may be taken in flight now (0 = full).")
 
     def fill(limit):
         """
         Read at most C{limit} bytes from the source.  Returns the count (0 at
-        EOF), or C{None} when nothing could be read because the in-flight
-        buffer is full or unavailable.  Raises C{BlockingIOError} when the
+        EOF, with C{eof} set; a zero-length datagram also counts 0), or
+        C{None} when nothing could be read because the in-flight buffer is
+        full or unavailable (then C{whenAvailable} tells when to retry).  Raises C{BlockingIOError} when the
         source has nothing to read, and C{OSError} on a source error.
         """
 
@@ -115,6 +122,9 @@ class IMover(Interface):
         Raises C{BlockingIOError} when the drain cannot take any, and
         C{OSError} on a drain error.
         """
+
+    def whenAvailable(callback):
+        """Call C{callback()} once buffers (pipes, clusters) were returned."""
 
     def release():
         """

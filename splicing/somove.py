@@ -48,7 +48,7 @@ class SocketSplice(SpliceBase):
         self._mover = mover
         self._received = 0  # bytes taken from the source (moved or in flight)
         self._head = b""  # bytes owed from an earlier splice, sent first
-        self._eof = False
+        self._stop = None  # EOF or SHORT: end once nothing is in flight
         self._fillBlocked = False  # EAGAIN with bytes in flight: wait for a flush
         self._dry = False  # the source had nothing to read
         self._waitingForBuffer = False
@@ -109,25 +109,26 @@ class SocketSplice(SpliceBase):
                     progress = True
                 if self._head:
                     drainBlocked = True
-            if not self._head and mover.pending:
+            if not self._head and mover.holding:
+                before = mover.pending
                 try:
-                    n = mover.flush()
+                    mover.flush()
                 except BlockingIOError:
-                    n = 0
+                    pass
                 except OSError as e:
                     return self._end(Reason.ERROR, e.errno, dst)
-                if n:
+                n = before - mover.pending
+                if n or not mover.holding:
                     self.length += n
                     self._fillBlocked = False
                     progress = True
-                if mover.pending:
+                if mover.holding:
                     drainBlocked = True
-            inflight = len(self._head) + mover.pending
             if max is not None and self.length >= max:
                 return self._end(Reason.MAX)
-            if not inflight:
-                if self._eof:
-                    return self._end(Reason.EOF)
+            if not (self._head or mover.holding):
+                if self._stop is not None:
+                    return self._end(self._stop)
                 if dst.hasPendingWrites():
                     why = dst.flushPendingWrites()
                     if why:
@@ -135,7 +136,7 @@ class SocketSplice(SpliceBase):
                     if dst.hasPendingWrites():
                         drainBlocked = True
                         break
-            if self._eof or self._dry or self._fillBlocked or self._waitingForBuffer:
+            if self._stop is not None or self._dry or self._fillBlocked or self._waitingForBuffer:
                 if not progress:
                     break
                 continue
@@ -146,7 +147,7 @@ class SocketSplice(SpliceBase):
                 try:
                     n = mover.fill(limit)
                 except BlockingIOError:
-                    if mover.pending:
+                    if mover.holding:
                         self._fillBlocked = True  # a pipe can be full below its size
                     else:
                         self._dry = True
@@ -156,27 +157,32 @@ class SocketSplice(SpliceBase):
                     if n is None:
                         self._waitingForBuffer = True
                         mover.whenAvailable(self._bufferAvailable)
-                    elif n == 0:
-                        self._eof = True
-                        progress = True
                     else:
                         self._received += n
                         progress = True
+                        if mover.eof:
+                            self._stop = Reason.EOF
+                        elif mover.crossed:
+                            self._stop = Reason.SHORT
             if not progress:
                 break
             moved = True
         if moved:
             self._touch()
+        if self._stop is not None and not (self._head or mover.holding):
+            # EOF (or SHORT) seen in the last pass: no event would come for it
+            return self._end(self._stop)
         self._interest(drainBlocked)
 
     def _interest(self, drainBlocked):
         mover = self._mover
-        inflight = len(self._head) + mover.pending
         room = mover.space > 0 and (self.max is None or self._received < self.max)
         self._src.wantRead(
-            not self._eof and room and not self._fillBlocked and not self._waitingForBuffer
+            self._stop is None and room and not self._fillBlocked and not self._waitingForBuffer
         )
-        self._dst.wantWrite(bool(inflight) or self._dst.hasPendingWrites() or drainBlocked)
+        self._dst.wantWrite(
+            bool(self._head) or mover.holding or self._dst.hasPendingWrites() or drainBlocked
+        )
 
     # -- endings
 
@@ -186,7 +192,8 @@ class SocketSplice(SpliceBase):
 
     def sourceEnded(self, borrowed):
         """The reactor saw the source's read side end (hang-up, no data)."""
-        self._eof = True
+        if self._stop is None:
+            self._stop = Reason.EOF
         self._move()
         if not self._ended:
             self._end(Reason.EOF)

@@ -36,6 +36,13 @@ class KernelMover:
         self.pool = pool if pool is not None else pipePool()
         self.pipe = None
         self.pending = 0
+        self.eof = False
+
+    crossed = False  # a byte stream has no datagram to cross max with
+
+    @property
+    def holding(self):
+        return self.pending > 0
 
     @property
     def space(self):
@@ -56,6 +63,7 @@ class KernelMover:
             raise
         self.pending += n
         if not n:
+            self.eof = True
             self._returnIfEmpty()
         return n
 

@@ -35,17 +35,27 @@ class MbufMover:
         self.pool = pool if pool is not None else clusterPool()
         self.inflight = inflight
         self.chain = Chain(self.pool)
+        self.eof = False
+
+    crossed = False  # a byte stream has no datagram to cross max with
 
     @property
     def pending(self):
         return len(self.chain)
 
     @property
+    def holding(self):
+        return len(self.chain) > 0
+
+    @property
     def space(self):
         return self.inflight - len(self.chain)
 
     def fill(self, limit):
-        return self.chain.recv_into(self.srcsock, limit)
+        n = self.chain.recv_into(self.srcsock, limit)
+        if n == 0:
+            self.eof = True
+        return n
 
     def flush(self):
         if not len(self.chain):
