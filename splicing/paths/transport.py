@@ -13,11 +13,14 @@ of the socket paths.
 import errno
 
 from twisted.internet import error as twerror
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from splicing.base import SpliceBase
+from splicing.endpoint import TLSMemoryBIOProtocol
 from splicing.result import Reason
+from splicing.takeover import isReading
 
 _MISSING = object()
 
@@ -108,7 +111,9 @@ class TransportSplice(SpliceBase):
 
     def _connectionLost(self, reason):
         original = self._original("connectionLost")
-        if reason.check(twerror.ConnectionDone):
+        if getattr(self._src, "disconnecting", False) or reason.check(twerror.ConnectionAborted):
+            self._end(Reason.ERROR, errno.ECONNABORTED)  # closed by the application
+        elif reason.check(twerror.ConnectionDone):
             self._end(Reason.EOF)
         else:
             self._end(Reason.ERROR, getattr(reason.value, "errno", None) or errno.ECONNRESET)
@@ -150,7 +155,36 @@ class TransportSplice(SpliceBase):
             self._src.resumeProducing()
 
     def _afterDone(self, failed):
-        if self._leftover and self._receiver is not None:
-            data = b"".join(self._leftover)
-            self._leftover = []
+        if not self._leftover or self._receiver is None:
+            return
+        data = b"".join(self._leftover)
+        self._leftover = []
+        if self._sourcePaused():
+            self._deliverOnResume(data)
+        else:
             self._receiver.dataReceived(data)
+
+    def _sourcePaused(self):
+        """Whether the application paused the source (when that can be told)."""
+        under = self._src
+        if TLSMemoryBIOProtocol and isinstance(under, TLSMemoryBIOProtocol):
+            under = under.transport
+        if not isinstance(under, FileDescriptor) or not under.connected:
+            return False
+        return not isReading(self.reactor, under)
+
+    def _deliverOnResume(self, data):
+        """Hold bytes past max until the application resumes the source."""
+        src = self._src
+        d = src.__dict__
+        saved = d.get("resumeProducing", _MISSING)
+
+        def resumeProducing():
+            if saved is _MISSING:
+                d.pop("resumeProducing", None)
+            else:
+                d["resumeProducing"] = saved
+            self._receiver.dataReceived(data)
+            src.resumeProducing()
+
+        d["resumeProducing"] = resumeProducing
