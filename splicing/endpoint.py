@@ -52,6 +52,7 @@ class Endpoint:
         self.listening = False
         self.connected = False
         self.closed = False
+        self.bound = False
         self.receiver = None
 
     @property
@@ -118,7 +119,8 @@ def describe(transport):
         e.socketTransport = t
         e.socket = _socketOf(t)
         e.kind = UDP
-        e.connected = getattr(t, "_connectedAddr", None) is not None
+        e.bound = bool(t.connected) and e.socket is not None
+        e.connected = e.bound and getattr(t, "_connectedAddr", None) is not None
         e.receiver = getattr(t, "protocol", None)
         e.closed = e.socket is None or e.socket.fileno() == -1
         return e

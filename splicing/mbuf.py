@@ -150,10 +150,11 @@ class Chain:
     a running length.  No mbuf is empty, so no iovec is wasted.
     """
 
-    __slots__ = ("pool", "mbufs", "_len")
+    __slots__ = ("pool", "mbufs", "_len", "addr")
 
     def __init__(self, pool):
         self.pool, self.mbufs, self._len = pool, deque(), 0
+        self.addr = None  # where a datagram came from (PacketChain.recvmsg_into)
 
     def __len__(self):
         return self._len
@@ -497,7 +498,7 @@ class PacketChain:
             if c is None:
                 break
             try:
-                n, _, flags, _ = sock.recvmsg_into([c.mem])
+                n, _, flags, addr = sock.recvmsg_into([c.mem])
             except BaseException as e:
                 c.unref()
                 if count and isinstance(e, BlockingIOError):
@@ -507,6 +508,7 @@ class PacketChain:
                 c.unref()
                 raise OSError(errno.EMSGSIZE, "datagram larger than a cluster")
             chain = Chain(pool)
+            chain.addr = addr
             if n:
                 chain.mbufs.append(Mbuf(c, 0, n))
                 chain._len = n

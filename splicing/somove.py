@@ -28,11 +28,11 @@ ROUNDS = 8
 
 def _errnoOf(reason, borrowed):
     """The errno to report for a connection lost while spliced."""
-    value = reason.value
+    value = reason.value if reason is not None else None
     if getattr(value, "errno", None):
         return value.errno
     t = borrowed.transport
-    if reason.check(twerror.ConnectionAborted) or t.disconnecting or getattr(t, "_aborting", False):
+    if (reason is not None and reason.check(twerror.ConnectionAborted)) or t.disconnecting or getattr(t, "_aborting", False):
         return errno.ECONNABORTED
     return errno.ECONNRESET
 
@@ -202,7 +202,9 @@ class SocketSplice(SpliceBase):
         if self._kick is not None and self._kick.active():
             self._kick.cancel()
         self._kick = None
-        leftover = self._head + self._mover.release()
+        leftover = self._mover.release()
+        if self._head:
+            leftover = self._head + leftover
         self._head = b""
         self._dst.releaseWrite(self)
         self._src.releaseRead(self, leftover)

@@ -73,8 +73,8 @@ def sosplice(source, drain, max, idle, backend):
         raise SpliceError(
             errno.EOPNOTSUPP, "the %s is a listening port" % ("source" if src.listening else "drain",)
         )
-    if not src.connected and src.kind != UDP:
-        raise SpliceError(errno.ENOTCONN, "the source is not connected")
+    if not (src.bound if src.kind == UDP else src.connected):
+        raise SpliceError(errno.ENOTCONN, "the source is not %s" % ("bound" if src.kind == UDP else "connected",))
     if not dst.connected:
         raise SpliceError(errno.ENOTCONN, "the drain is not connected")
     if _key(src) in _sources:
@@ -132,6 +132,10 @@ def _socketSplice(reactor, src, dst, max, idle, path):
         from splicing.paths.kernel import KernelMover
 
         mover = KernelMover(src.socket.fileno(), dst.socket.fileno())
+    elif src.kind == UDP:
+        from splicing.paths.mbuf import DatagramMover
+
+        mover = DatagramMover(src.socket, dst.socket)
     else:
         from splicing.paths.mbuf import MbufMover
 

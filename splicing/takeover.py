@@ -22,6 +22,8 @@ protocol's C{dataReceived} before anything still in the socket (or move first
 when a new splice starts on the same source).
 """
 
+from twisted.internet import udp
+
 _MISSING = object()
 _ATTR = "_splicingBorrowed"
 
@@ -67,6 +69,7 @@ class Borrowed:
         self.transport = transport
         self.reactor = reactor
         self.socket = transport.socket
+        self.datagram = isinstance(transport, udp.Port)
         self.reader = None
         self.writer = None
         self.leftover = []
@@ -126,6 +129,8 @@ class Borrowed:
 
     def takeLeftover(self, limit=None):
         """Take (up to C{limit}) bytes owed to the protocol, to move them first."""
+        if self.datagram:
+            return b""  # datagrams owed go to datagramReceived (see deliverLeftover)
         data = b"".join(self.leftover)
         if limit is not None and len(data) > limit:
             data, rest = data[:limit], data[limit:]
@@ -135,8 +140,12 @@ class Borrowed:
         return data
 
     def giveBack(self, data):
+        """Bytes (or, for a datagram port, (datagram, address) pairs) owed."""
         if data:
-            self.leftover.append(bytes(data))
+            if self.datagram:
+                self.leftover.extend(data)
+            else:
+                self.leftover.append(bytes(data))
 
     def releaseRead(self, owner, leftover=b""):
         self.giveBack(leftover)
@@ -160,12 +169,16 @@ class Borrowed:
             return
         if not self.lost and not self.appReading:
             return  # delivered when the application resumes reading
-        data = b"".join(self.leftover)
-        self.leftover = []
+        owed, self.leftover = self.leftover, []
         protocol = getattr(self.transport, "protocol", None)
         self._maybeGiveUp()
-        if protocol is not None:
-            protocol.dataReceived(data)
+        if protocol is None:
+            return
+        if self.datagram:
+            for datagram, addr in owed:
+                protocol.datagramReceived(datagram, addr)
+        else:
+            protocol.dataReceived(b"".join(owed))
 
     def _startReading(self):
         self.appReading = True
@@ -231,14 +244,17 @@ class Borrowed:
                 owners.append(o)
         return owners
 
-    def _connectionLost(self, reason):
+    def _connectionLost(self, reason=None):
         original = self._original("connectionLost")
         self.lost = True
         for owner in self._owners():
             owner.transportLost(self, reason)
         self.deliverLeftover()
         self._giveUp()
-        original(reason)
+        if reason is None:
+            original()
+        else:
+            original(reason)
 
     def _readConnectionLost(self, reason):
         original = self._original("readConnectionLost")
@@ -251,8 +267,8 @@ class Borrowed:
 
     def fail(self, failure):
         """End the connection with C{failure}, as the reactor would."""
-        if self.lost or not self.transport.connected:
-            return
+        if self.lost or self.datagram or not self.transport.connected:
+            return  # a UDP port survives a failed datagram
         self.reactor.removeReader(self.transport)
         self.reactor.removeWriter(self.transport)
         self.transport.connectionLost(failure)
