@@ -19,7 +19,7 @@ _kernelEnabled = os.environ.get("SPLICING_NO_KERNEL", "") in ("", "0")
 
 #: What backend="auto" picks for TCP when both socket paths can serve.
 #: See docs/backends.md for the measurements behind the choice.
-AUTO_TCP = os.environ.get("SPLICING_AUTO", "mbuf")
+AUTO_TCP = os.environ.get("SPLICING_AUTO", "kernel")
 
 
 def setKernelEnabled(flag):

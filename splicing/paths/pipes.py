@@ -15,14 +15,30 @@ import os
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 DEFAULT_SIZE = 1 << 20
+SMALL_SIZE = 65536  # Linux's default pipe size
 
 
-def maxPipeSize(path="/proc/sys/fs/pipe-max-size"):
+def _readInt(path, default):
     try:
         with open(path) as f:
             return int(f.read())
     except (OSError, ValueError):
-        return 65536
+        return default
+
+
+def maxPipeSize():
+    return _readInt("/proc/sys/fs/pipe-max-size", SMALL_SIZE)
+
+
+def pipeBudget():
+    """
+    Bytes of pipe capacity this process should hold at most: past the user's
+    pipe-user-pages-soft the kernel hands out one-page pipes, which would
+    make splicing crawl; stay well under it (half of it, leaving room for
+    other processes of the same user).
+    """
+    pages = _readInt("/proc/sys/fs/pipe-user-pages-soft", 16384) or 16384
+    return pages * 4096 // 2
 
 
 class Pipe:
@@ -50,12 +66,16 @@ class PipePool:
     @ivar size: the capacity asked of new pipes.
     @ivar limit: the most pipes alive at once (borrowed plus idle).
     @ivar keep: the most idle pipes kept for reuse.
+    @ivar budget: bytes of pipe capacity to stay under (see L{pipeBudget});
+        past it new pipes get the default 64 KiB.
     """
 
-    def __init__(self, size=DEFAULT_SIZE, limit=1024, keep=32):
+    def __init__(self, size=DEFAULT_SIZE, limit=1024, keep=8, budget=None):
         self.size = min(size, maxPipeSize())
         self.limit = limit
         self.keep = keep
+        self.budget = pipeBudget() if budget is None else budget
+        self.capacity = 0  # bytes of capacity of every pipe alive
         self.inUse = 0
         self._idle = []
         self._waiters = []
@@ -69,10 +89,13 @@ class PipePool:
         if self._idle:
             pipe = self._idle.pop()
         elif self.inUse + len(self._idle) < self.limit:
+            # Large pipes while the budget allows, the default size after.
+            size = self.size if self.capacity + self.size <= self.budget else SMALL_SIZE
             try:
-                pipe = Pipe(self.size)
+                pipe = Pipe(size)
             except OSError:  # EMFILE/ENFILE: the same as running out
                 return None
+            self.capacity += pipe.capacity
         else:
             return None
         self.inUse += 1
@@ -81,9 +104,10 @@ class PipePool:
     def put(self, pipe, empty=True):
         """Return C{pipe}; one that may still hold data is closed."""
         self.inUse -= 1
-        if empty and len(self._idle) < self.keep:
+        if empty and len(self._idle) < self.keep and pipe.capacity == self.size:
             self._idle.append(pipe)
         else:
+            self.capacity -= pipe.capacity
             pipe.close()
         if self._waiters:
             waiters, self._waiters = self._waiters, []
@@ -103,4 +127,6 @@ class PipePool:
     def clear(self):
         """Close the idle pipes (at shutdown, or to count descriptors)."""
         while self._idle:
-            self._idle.pop().close()
+            pipe = self._idle.pop()
+            self.capacity -= pipe.capacity
+            pipe.close()
