@@ -1,6 +1,8 @@
 """
 splicing: OpenBSD-style socket splicing for Twisted.
 
+Usage::
+
     from splicing import splice, SpliceError, Reason
     s = splice(source_transport, drain_transport, max=None, idle=None)
     s.done.addCallback(lambda r: print(r.length, r.reason, r.error))
