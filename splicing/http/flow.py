@@ -1,0 +1,212 @@
+"""
+One direction of an HTTP connection: heads in user land, bodies spliced.
+
+A L{Flow} reads the bytes of its source transport.  Heads are collected by a
+L{HeadReader} and handed to its owner (the proxy), which decides what the
+message's body is; the flow then moves the body: bytes already in hand are
+written to the destination (copied), the rest is spliced with C{max} set to
+exactly what remains, so the kernel moves it and the source's next bytes (the
+next head, a chunk-size line) come back to user land.  Chunked bodies are
+spliced chunk by chunk.  Counters say how many bytes were spliced and how
+many copied, so logs and tests can prove bodies did not pass through Python.
+"""
+
+from twisted.logger import Logger
+
+from splicing.http.chunk import ChunkedReader
+from splicing.http.head import HeadReader
+from splicing.result import Reason
+from splicing.splice import splice
+
+HEAD, LENGTH, CHUNKED, UNTIL_EOF, WAIT, DONE = (
+    "head", "length", "chunked", "until-eof", "wait", "done",
+)
+
+
+class Flow:
+    """
+    The message stream from C{src} to C{dst}.
+
+    The owner provides C{headReceived(flow, headBytes)} (which calls
+    L{startBody} or L{wait}), C{bodyDone(flow)}, C{flowFailed(flow, reason,
+    error)} and C{sourceEnded(flow)}.
+
+    @ivar spliced: body bytes moved by splices.
+    @ivar copied: bytes written from user land (heads, framing, body bytes
+        that arrived together with a head).
+    """
+
+    log = Logger()
+
+    def __init__(self, owner, name, headLimit=8192, maxLines=100, backend="auto"):
+        self.owner = owner
+        self.name = name
+        self.backend = backend
+        self.reader = HeadReader(limit=headLimit, maxLines=maxLines)
+        self.state = HEAD
+        self.src = None
+        self.dst = None
+        self.remaining = 0
+        self.chunks = None
+        self.splice = None
+        self.spliced = 0
+        self.copied = 0
+        self._held = []
+        self._out = []  # written before the destination existed
+
+    # -- input
+
+    def dataReceived(self, data):
+        """Bytes from the source's protocol (never called while spliced)."""
+        if self.state in (WAIT, DONE) or self._held:
+            self._hold(data)
+            return
+        while data and self.splice is None and self.state not in (WAIT, DONE):
+            if self.state != HEAD and self.dst is None:
+                break  # a body, and nowhere to move it yet: hold it
+            if self.state == HEAD:
+                head, data = self.reader.feed(data)
+                if head is None:
+                    return
+                self.reader.reset()
+                self.owner.headReceived(self, head)
+                if self.state in (WAIT, DONE):
+                    self._hold(data)
+                    return
+            elif self.state == LENGTH:
+                data = self._lengthData(data)
+            elif self.state == CHUNKED:
+                data = self._chunkData(data)
+            elif self.state == UNTIL_EOF:
+                self.write(data)
+                data = b""
+                self._spliceBody(None)
+        if data:
+            self._hold(data)
+
+    def _hold(self, data):
+        if data:
+            self._held.append(data)
+            if self.src is not None:
+                self.src.pauseProducing()
+
+    def connect(self, dst):
+        """The destination exists now: write what waited for it, go on."""
+        self.dst = dst
+        out, self._out = self._out, []
+        for data in out:
+            dst.write(data)
+        self.resume()
+
+    def tunnel(self):
+        """Everything from now on is one body until EOF (an upgrade, CONNECT)."""
+        self.state = UNTIL_EOF
+        self.resume()
+        self._spliceBody(None)
+
+    def resume(self):
+        """Process what was held (after L{wait} or before a destination existed)."""
+        if self.state == WAIT:
+            self.state = HEAD
+        held, self._held = b"".join(self._held), []
+        if self.src is not None and self.state != DONE:
+            self.src.resumeProducing()
+        if held:
+            self.dataReceived(held)
+
+    def wait(self):
+        """Stop parsing until L{resume} (an upgrade waits for its response)."""
+        self.state = WAIT
+
+    def stop(self):
+        """No more messages: hold whatever comes."""
+        self.state = DONE
+        if self.splice is not None and self.splice.result is None:
+            self.splice.unsplice()
+
+    # -- output
+
+    def write(self, data):
+        if data:
+            self.copied += len(data)
+            if self.dst is None:
+                self._out.append(data)
+            else:
+                self.dst.write(data)
+
+    # -- bodies
+
+    def startBody(self, kind, length=None):
+        """
+        Set how the body after the head just received is framed: "none",
+        "length" (with C{length}), "chunked", "until-eof" (close-delimited
+        responses and tunnels).
+        """
+        if kind == "none" or (kind == "length" and not length):
+            self.state = HEAD
+            self.owner.bodyDone(self)
+        elif kind == "length":
+            self.state = LENGTH
+            self.remaining = length
+        elif kind == "chunked":
+            self.state = CHUNKED
+            self.chunks = ChunkedReader()
+        else:
+            self.state = UNTIL_EOF
+            self._spliceBody(None)
+
+    def _lengthData(self, data):
+        take = data[: self.remaining]
+        self.write(take)
+        self.remaining -= len(take)
+        rest = data[len(take):]
+        if not self.remaining:
+            self.state = HEAD
+            self.owner.bodyDone(self)
+        elif not rest:
+            self._spliceBody(self.remaining)
+        return rest
+
+    def _chunkData(self, data):
+        for event in self.chunks.feed(data):
+            kind = event[0]
+            if kind in ("frame", "data"):
+                self.write(event[1])
+            elif kind == "need":
+                self._spliceBody(event[1])
+                return b""
+            elif kind == "end":
+                self.chunks = None
+                self.state = HEAD
+                self.owner.bodyDone(self)
+                return event[1]
+        return b""
+
+    def _spliceBody(self, n):
+        """Splice the next C{n} body bytes (None: until EOF)."""
+        if self.splice is not None or self.state == DONE:
+            return
+        s = self.splice = splice(self.src, self.dst, max=n, backend=self.backend)
+        s.done.addCallback(self._spliceDone, n)
+
+    def _spliceDone(self, result, n):
+        self.splice = None
+        self.spliced += result.length
+        if self.state == DONE:
+            return
+        if result.reason is not Reason.MAX and self.state == CHUNKED and result.length:
+            self.chunks.skipped(result.length)  # keep the reader's place in the chunk
+        if result.reason is Reason.MAX:
+            if self.state == LENGTH:
+                self.remaining = 0
+                self.state = HEAD
+                self.owner.bodyDone(self)
+            elif self.state == CHUNKED:
+                self.chunks.skipped(n)
+        elif result.reason is Reason.EOF:
+            if self.state == UNTIL_EOF:
+                self.state = DONE
+                self.owner.bodyDone(self)
+            self.owner.sourceEnded(self)
+        elif result.reason is not Reason.UNSPLICED:
+            self.owner.flowFailed(self, result.reason, result.error)

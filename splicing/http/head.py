@@ -1,0 +1,449 @@
+"""
+Strict HTTP/1.x heads (RFC 9112/9110), sans-IO.
+
+The proxy parses heads in user land and lets the kernel move bodies, so the
+framing decided here (L{RequestHead.bodyKind}, C{contentLength}) is the
+length handed to C{splice(max=N)}: any ambiguity a backend could read
+differently is a request smuggling hole.  Hence fail closed, like relayd:
+one Content-Length or one C{Transfer-Encoding: chunked}, never both, no
+obs-fold, no bare LF, no NUL, tokens where tokens belong.  Heads are
+re-serialized (one C{Name: value} form) rather than forwarded verbatim, so
+whitespace variants never reach a backend.
+"""
+
+import re
+
+from splicing.http.errors import HTTPError, errorResponse  # noqa: F401 (part of this API)
+
+MAX_LENGTH = 2**63 - 1
+_TCHAR = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
+_TOKEN = re.compile(rb"[%s]+" % _TCHAR)
+_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")  # field-vchar, SP, HTAB
+_OWS = b" \t"
+_DIGITS = re.compile(rb"[0-9]+")
+_REQUEST_LINE = re.compile(rb"([%s]+) ([\x21-\x7e]+) (HTTP/[0-9]\.[0-9])" % _TCHAR)
+_STATUS_LINE = re.compile(rb"(HTTP/[0-9]\.[0-9]) ([1-5][0-9][0-9])(?: ([\t\x20-\x7e\x80-\xff]*))?")
+_VERSIONS = ("HTTP/1.0", "HTTP/1.1")
+# host [":" port]: a DNS-like name, IPv4 or [IPv6]; no userinfo, no oddities
+# that a backend might split differently from a host rule.
+_AUTHORITY = re.compile(r"([A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?")
+_ABSOLUTE = re.compile(r"(https?)://([^/?]*)(/[^?]*)?(\?.*)?", re.I)
+_QUERY = re.compile(r"[\x21\x22\x24-\x7e]*")  # visible ASCII but "#"
+_PATH = re.compile(r"/[\x21\x22\x24-\x3e\x40-\x7e]*")  # and not "?"
+_FRAMING = (b"content-length", b"transfer-encoding")
+
+
+def _fail(status, reason):
+    raise HTTPError(status, reason)
+
+
+def _splitHead(data, status):
+    """The lines of a complete head, refusing what C{HeadReader} would."""
+    if not data.endswith(b"\r\n\r\n"):
+        _fail(status, "head does not end with an empty line")
+    if b"\0" in data:
+        _fail(status, "NUL byte in head")
+    lines = data[:-4].split(b"\r\n")
+    if any(b"\n" in line or b"\r" in line for line in lines):
+        _fail(status, "bare CR or LF in head")
+    return lines
+
+
+def parseField(line, status=400):
+    """
+    One field line (without CRLF) as C{[name, value]}, value without OWS.
+    Shared with the chunked trailer parser so both validate alike.
+    """
+    if line[:1] in (b" ", b"\t"):
+        _fail(status, "obsolete line folding")
+    name, colon, value = line.partition(b":")
+    if not colon:
+        _fail(status, "field line without a colon")
+    if name[-1:] in (b" ", b"\t"):
+        _fail(status, "whitespace before the colon")
+    if not _TOKEN.fullmatch(name):
+        _fail(status, "field name is not a token")
+    value = value.strip(_OWS)
+    if not _VALUE.fullmatch(value):
+        _fail(status, "invalid character in field value")
+    return [name, value]
+
+
+def _authority(text):
+    """(host lowercased, port or None) of C{host[:port]}, or None if invalid."""
+    m = _AUTHORITY.fullmatch(text)
+    port = m and m.group(2) and int(m.group(2))
+    if not m or port == 0 or (port and port > 65535):
+        return None
+    return m.group(1).lower(), port
+
+
+def _sameAuthority(a, b, defaultPort):
+    (hostA, portA), (hostB, portB) = a, b
+    return hostA == hostB and (portA or defaultPort) == (portB or defaultPort)
+
+
+def _bytes(text):
+    """Field names and values as given by rules: ASCII str or bytes."""
+    if isinstance(text, (bytes, bytearray)):
+        return bytes(text)
+    if not isinstance(text, str):
+        raise TypeError("field names and values are str or bytes, not %r" % (text,))
+    if not text.isascii():
+        raise ValueError("non-ASCII text %r (pass bytes for obs-text)" % (text,))
+    return text.encode("ascii")
+
+
+def _replaced(headers, field):
+    """C{headers} with every field of that name replaced by C{field}, at the first one's place."""
+    key = field[0].lower()
+    kept = [p for p in headers if p[0].lower() != key]
+    kept.insert(next((i for i, p in enumerate(headers) if p[0].lower() == key), len(kept)), field)
+    return kept
+
+
+class _Head:
+    """Fields and the editing shared by request and response heads."""
+
+    _errorStatus = 400
+
+    def getHeader(self, name):
+        """All values of C{name} (case-insensitive), in order."""
+        key = _bytes(name).lower()
+        return [v for n, v in self.headers if n.lower() == key]
+
+    def setHeader(self, name, value):
+        """
+        Replace every C{name} field by one, at the first one's place (or at
+        the end).  C{ValueError} for invalid fields, for Content-Length and
+        Transfer-Encoding (the body length was decided at parse time and may
+        already be in the kernel's hands), and for edits that make the head
+        invalid (e.g. a Host differing from an absolute-form target).
+        """
+        name, value = self._checkEdit(name, value)
+        self._edit(lambda headers: _replaced(headers, [name, value]))
+
+    def appendHeader(self, name, value):
+        """Add a C{name} field after all others (same refusals as setHeader)."""
+        name, value = self._checkEdit(name, value)
+        self._edit(lambda headers: headers + [[name, value]])
+
+    def removeHeader(self, name):
+        """Drop every C{name} field (same refusals as setHeader)."""
+        key = self._checkEdit(name, b"")[0].lower()
+        self._edit(lambda headers: [p for p in headers if p[0].lower() != key])
+
+    def _checkEdit(self, name, value):
+        name, value = _bytes(name), _bytes(value).strip(_OWS)
+        if not _TOKEN.fullmatch(name) or not _VALUE.fullmatch(value):
+            raise ValueError("invalid field %r: %r" % (name, value))
+        if name.lower() in _FRAMING:
+            raise ValueError("%s cannot be changed: the framing is fixed" % name.decode())
+        return name, value
+
+    def _edit(self, change):
+        """Apply C{change} to the field list; roll back if the head breaks."""
+        saved = dict(self.__dict__)
+        self.headers = change(list(self.headers))
+        try:
+            self.frame()
+        except HTTPError as e:
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            raise ValueError(e.reason) from None
+
+    def _connectionTokens(self):
+        tokens = set()
+        for value in self.getHeader(b"connection"):
+            for item in value.split(b","):
+                item = item.strip(_OWS)
+                if item and not _TOKEN.fullmatch(item):
+                    _fail(self._errorStatus, "Connection option is not a token")
+                tokens.add(item.lower())
+        return tokens
+
+    def _persistent(self, tokens):
+        """RFC 9112 9.3: 1.1 persists unless closed, 1.0 only if asked to."""
+        if b"close" in tokens:
+            return False
+        return self.version == "HTTP/1.1" or b"keep-alive" in tokens
+
+    def _framing(self):
+        """
+        (Content-Length or None, chunked?) with RFC 9112 6.3's ambiguities
+        refused; identical duplicate lengths collapse to one field.
+        """
+        status = self._errorStatus
+        te, cl = self.getHeader(b"transfer-encoding"), self.getHeader(b"content-length")
+        if te and cl:
+            _fail(status, "Content-Length together with Transfer-Encoding")
+        if te:
+            if self.version == "HTTP/1.0":
+                _fail(status, "Transfer-Encoding in an HTTP/1.0 message")
+            if len(te) > 1:
+                _fail(status, "duplicate Transfer-Encoding")
+            if te[0].lower() != b"chunked":
+                _fail(status, "Transfer-Encoding other than chunked")
+            return None, True
+        if not cl:
+            return None, False
+        lengths = set()
+        for value in cl:
+            for item in value.split(b","):
+                item = item.strip(_OWS)
+                if not _DIGITS.fullmatch(item):
+                    _fail(status, "Content-Length is not a decimal number")
+                item = item.lstrip(b"0") or b"0"
+                if len(item) > 19 or int(item) > MAX_LENGTH:
+                    _fail(status, "Content-Length too large")
+                lengths.add(int(item))
+        if len(lengths) > 1:
+            _fail(status, "differing Content-Length values")
+        length = lengths.pop()
+        if cl != [b"%d" % length]:
+            self.headers = _replaced(self.headers, [b"Content-Length", b"%d" % length])
+        return length, False
+
+    def serialize(self):
+        """The head as bytes (start line, fields, empty line), after any changes."""
+        fields = b"".join(n + b": " + v + b"\r\n" for n, v in self.headers)
+        return self._startLine().encode("latin-1") + b"\r\n" + fields + b"\r\n"
+
+    def __repr__(self):
+        return "<%s %s %s>" % (type(self).__name__, self._startLine(), self.bodyKind)
+
+
+class RequestHead(_Head):
+    """
+    A parsed request head.  C{host} is the Host value, or the target's
+    authority for absolute-form and CONNECT (that is where the request goes,
+    so host rules must see it).  C{bodyKind} is C{"none"} (no body bytes
+    follow, also for C{Content-Length: 0} and CONNECT), C{"length"}
+    (C{contentLength} > 0 bytes) or C{"chunked"}; requests are never
+    close-delimited.  C{headers} is a list of C{[name, value]}; edit it
+    through the methods (or call L{frame} after changing it directly).
+    """
+
+    _errorStatus = 400
+
+    def __init__(self, method, target, version, headers, absoluteHostCheck=True):
+        self.method, self.target, self.version = method, target, version
+        self.headers = headers
+        self._absoluteHostCheck = absoluteHostCheck
+        self.isConnect = method == "CONNECT"
+        self.frame()
+
+    def frame(self):
+        """Validate Host/target and recompute the framing attributes."""
+        self._checkTarget()
+        length, chunked = self._framing()
+        if (self.isConnect or self.method == "TRACE") and (chunked or length is not None):
+            _fail(400, "%s with a body" % self.method)
+        self.contentLength = length
+        self.bodyKind = "chunked" if chunked else ("length" if length else "none")
+        tokens = self._connectionTokens()
+        self.keepAlive = self._persistent(tokens)
+        upgrade = self.getHeader(b"upgrade")
+        self.upgrade = None
+        if upgrade and b"upgrade" in tokens and self.version == "HTTP/1.1":
+            self.upgrade = upgrade[0].split(b",")[0].strip(_OWS).lower().decode("latin-1")
+
+    def _checkTarget(self):
+        hosts = self.getHeader(b"host")
+        if len(hosts) > 1:
+            _fail(400, "duplicate Host")
+        if not hosts and self.version == "HTTP/1.1":
+            _fail(400, "missing Host")
+        hostKey = None
+        if hosts:
+            host = hosts[0].decode("latin-1")
+            hostKey = _authority(host)
+            if hostKey is None:
+                _fail(400, "invalid Host")
+            self.host = host
+        else:
+            self.host = None
+        target = self.target
+        if self.isConnect:
+            targetKey = _authority(target)
+            if targetKey is None or targetKey[1] is None:
+                _fail(400, "CONNECT target is not host:port")
+            default = targetKey[1]
+        elif target.startswith("/"):
+            return
+        elif target == "*" and self.method == "OPTIONS":
+            return
+        else:
+            m = _ABSOLUTE.fullmatch(target)
+            targetKey = m and _authority(m.group(2))
+            if targetKey is None:
+                _fail(400, "invalid request target")
+            default = 443 if m.group(1).lower() == "https" else 80
+            target = m.group(2)
+        if hostKey and self._absoluteHostCheck and not _sameAuthority(hostKey, targetKey, default):
+            _fail(400, "Host differs from the request target")
+        self.host = target
+
+    def _parts(self):
+        """(scheme://authority, path, query); no path for authority or asterisk form."""
+        m = _ABSOLUTE.fullmatch(self.target)
+        prefix = self.target[:m.end(2)] if m else ""
+        rest = self.target[len(prefix):]
+        if not m and not rest.startswith("/"):
+            return prefix, "", None
+        path, mark, query = rest.partition("?")
+        return prefix, path or "/", (query if mark else None)
+
+    @property
+    def path(self):
+        """The raw (not decoded, not normalized) path of the target."""
+        return self._parts()[1]
+
+    @path.setter
+    def path(self, value):
+        prefix, path, query = self._parts()
+        if not path or not _PATH.fullmatch(value):
+            raise ValueError("cannot set path %r on %s" % (value, self.target))
+        self.target = prefix + value + ("" if query is None else "?" + query)
+
+    @property
+    def query(self):
+        """The raw query without C{?}, or None when there is none."""
+        return self._parts()[2]
+
+    @query.setter
+    def query(self, value):
+        prefix, path, _ = self._parts()
+        if not path or (value is not None and not _QUERY.fullmatch(value)):
+            raise ValueError("cannot set query %r on %s" % (value, self.target))
+        self.target = prefix + path + ("" if value is None else "?" + value)
+
+    def _startLine(self):
+        return "%s %s %s" % (self.method, self.target, self.version)
+
+
+class ResponseHead(_Head):
+    """
+    A parsed response head.  C{bodyKind} follows RFC 9112 6.3: C{"none"}
+    for HEAD, 1xx, 204, 304 and C{Content-Length: 0}; C{"tunnel"} for 101
+    and 2xx to CONNECT (both sides become a raw stream); C{"chunked"};
+    C{"length"}; else C{"close"} (body until EOF, never keep-alive).
+    """
+
+    _errorStatus = 502
+
+    def __init__(self, version, status, reason, headers, requestMethod):
+        self.version, self.status, self.reason = version, status, reason
+        self.headers = headers
+        self.requestMethod = requestMethod
+        self.frame()
+
+    def frame(self):
+        """Validate and recompute the framing attributes."""
+        length, chunked = self._framing()
+        status = self.status
+        if (status < 200 or status == 204) and (chunked or length):
+            _fail(502, "%d response with a body" % status)
+        if status == 101 or (self.requestMethod == "CONNECT" and 200 <= status < 300):
+            kind = "tunnel"
+        elif self.requestMethod == "HEAD" or status < 200 or status in (204, 304):
+            kind = "none"
+        elif chunked:
+            kind = "chunked"
+        elif length is not None:
+            kind = "length" if length else "none"
+        else:
+            kind = "close"
+        self.bodyKind, self.contentLength = kind, length
+        self.keepAlive = self._persistent(self._connectionTokens()) and kind not in ("close", "tunnel")
+
+    def _startLine(self):
+        return "%s %d %s" % (self.version, self.status, self.reason)
+
+
+def parseRequestHead(data, *, absoluteHostCheck=True):
+    """
+    Parse a complete request head (as returned by L{HeadReader.feed}).
+    With C{absoluteHostCheck} false, an absolute-form or CONNECT target may
+    name another host than the Host field (the target wins, RFC 9112 3.2.2).
+    """
+    lines = _splitHead(data, 400)
+    m = _REQUEST_LINE.fullmatch(lines[0])
+    if not m:
+        _fail(400, "malformed request line")
+    method, target, version = (g.decode("ascii") for g in m.groups())
+    if version not in _VERSIONS:
+        _fail(505, "unsupported HTTP version %s" % version)
+    if "#" in target:
+        _fail(400, "fragment in request target")
+    headers = [parseField(line, 400) for line in lines[1:]]
+    return RequestHead(method, target, version, headers, absoluteHostCheck)
+
+
+def parseResponseHead(data, requestMethod):
+    """Parse a complete response head to a request made with C{requestMethod}."""
+    lines = _splitHead(data, 502)
+    m = _STATUS_LINE.fullmatch(lines[0])
+    if not m or m.group(1).decode() not in _VERSIONS:
+        _fail(502, "malformed status line")
+    headers = [parseField(line, 502) for line in lines[1:]]
+    return ResponseHead(m.group(1).decode(), int(m.group(2)), (m.group(3) or b"").decode("latin-1"),
+                        headers, requestMethod)
+
+
+class HeadReader:
+    """
+    Find the end of a head in a byte stream, refusing oversized or
+    malformed framing as early as possible.  Work is O(n) over all input: a
+    scan offset remembers where the current unterminated line starts.
+    After a head is returned the reader is ready for the next one.
+    """
+
+    def __init__(self, limit=8192, maxLines=100):
+        self.limit, self.maxLines = limit, maxLines
+        self.reset()
+
+    @property
+    def buffered(self):
+        """Bytes of an unfinished head held so far (a slowloris sends a few)."""
+        return len(self._buf)
+
+    def reset(self):
+        """Forget any partial head (for the next message on a connection)."""
+        self._buf = bytearray()
+        self._scan = 0   # start of the line being looked at
+        self._seek = 0   # where the search for its LF resumes
+        self._start = 0  # where the head starts (after one tolerated CRLF)
+        self._lines = 0
+
+    def feed(self, data):
+        """C{(head, rest)} once the empty line is seen, else C{(None, b"")}."""
+        buf = self._buf
+        buf += data
+        while True:
+            bound = self._start + self.limit
+            nl = buf.find(b"\n", self._seek, bound)
+            if nl < 0:
+                self._seek = max(self._seek, min(len(buf), bound))
+                break
+            begin, self._scan = self._scan, nl + 1
+            self._seek = self._scan
+            if nl == begin or buf[nl - 1] != 13:
+                _fail(400, "bare LF in head")
+            if buf.find(b"\0", begin, nl) >= 0:
+                _fail(400, "NUL byte in head")
+            if nl - 1 > begin:
+                self._lines += 1
+                if self._lines > self.maxLines:
+                    _fail(431, "more than %d lines in head" % self.maxLines)
+            elif self._lines:
+                head, rest = bytes(buf[self._start:self._scan]), bytes(buf[self._scan:])
+                self.reset()
+                return head, rest
+            elif self._start:
+                _fail(400, "more than one empty line before the head")
+            else:
+                self._start = self._scan
+        if len(buf) - self._start > self.limit:
+            _fail(431, "head longer than %d bytes" % self.limit)
+        return None, b""

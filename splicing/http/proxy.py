@@ -1,0 +1,426 @@
+"""
+The HTTP-filtering proxy: relayd's HTTP relay, with chunked bodies spliced too.
+
+Each client connection gets one backend connection.  Two L{Flow}s carry the
+requests and the responses: heads are parsed strictly and filtered in user
+land, bodies are spliced.  Requests may be pipelined; responses are matched
+to them in order.  Subclass L{HTTPProxyProtocol} to decide in Python
+(L{HTTPProxyProtocol.filterRequest}, L{HTTPProxyProtocol.filterResponse},
+L{HTTPProxyProtocol.chooseEndpoint}) beside or instead of the rules.
+"""
+
+from collections import deque
+
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from splicing.http.errors import HTTPError
+from splicing.http.flow import CHUNKED, DONE, LENGTH, UNTIL_EOF, Flow
+from splicing.http.head import errorResponse, parseRequestHead, parseResponseHead
+
+
+def _ruleBlock(status, label):
+    e = HTTPError(status, label)
+    e.byRule = True
+    return e
+
+
+@implementer(IHalfCloseableProtocol)
+class _BackendProtocol(Protocol):
+    """The proxy's connection to the origin: its bytes feed the response flow."""
+
+    proxy = None
+
+    def dataReceived(self, data):
+        try:
+            self.proxy.responses.dataReceived(data)
+        except HTTPError as e:
+            # whatever the parser found, for the client it is a bad gateway
+            self.proxy.backendInvalid(e)
+
+    def readConnectionLost(self):
+        self.proxy.backendEnded()
+
+    def writeConnectionLost(self):
+        pass
+
+    def connectionLost(self, reason):
+        if self.proxy is not None:
+            self.proxy.backendEnded()
+
+
+@implementer(IHalfCloseableProtocol)
+class HTTPProxyProtocol(Protocol):
+    """One client connection through the proxy."""
+
+    log = Logger()
+
+    def connectionMade(self):
+        f = self.factory
+        self.requests = Flow(self, "request", f.headerLimit, f.maxHeaderLines, f.backendPath)
+        self.responses = Flow(self, "response", f.headerLimit, f.maxHeaderLines, f.backendPath)
+        self.requests.src = self.transport
+        self.responses.dst = self.transport
+        self.backend = None
+        self.connecting = False
+        self.pending = deque()  # request heads waiting for their responses
+        self.pendingError = None
+        self.closing = False
+        self.ended = False
+        self.started = f.reactor.seconds()
+        self.count = 0
+        self.logs = []
+        self.context = f.newContext(self.transport)
+        self._headTimer = f.reactor.callLater(f.headerTimeout, self._headerTimeout)
+        self._backendTimer = None
+
+    # -- hooks for subclasses
+
+    def filterRequest(self, head):
+        """Raise L{HTTPError} to refuse a request; may edit C{head}."""
+
+    def filterResponse(self, request, response):
+        """Raise L{HTTPError} to refuse a response; may edit C{response}."""
+
+    def chooseEndpoint(self, head, group):
+        """The client endpoint for this connection's backend (C{group}: a rule's C{forward to})."""
+        return self.factory.endpointFor(group)
+
+    def sessionEnded(self, stats):
+        self.log.info(
+            "http session ended: {client} {requests} requests, {spliced} bytes spliced, "
+            "{copied} bytes copied, {how}",
+            **stats,
+        )
+
+    # -- client bytes
+
+    def dataReceived(self, data):
+        try:
+            self.requests.dataReceived(data)
+        except HTTPError as e:
+            self.fail(e)
+
+    def readConnectionLost(self):
+        self.requests.stop()
+        if not self.pending and self.backend is not None:
+            self.backend.transport.loseConnection()
+        if not self.pending:
+            self.close("client-eof")
+
+    def writeConnectionLost(self):
+        pass
+
+    def connectionLost(self, reason):
+        self.requests.stop()
+        self.responses.stop()
+        self._cancelTimers()
+        if self.backend is not None:
+            self.backend.proxy = None
+            self.backend.transport.loseConnection()
+        self._finish("closed")
+
+    # -- heads (called by the flows)
+
+    def headReceived(self, flow, data):
+        if flow is self.requests:
+            self._request(data)
+        else:
+            self._response(data)
+
+    def _request(self, data):
+        f = self.factory
+        head = parseRequestHead(data)
+        if head.upgrade and not f.allowUpgrade:
+            raise HTTPError(403, "protocol upgrade (%s) is not allowed here" % (head.upgrade,))
+        if head.isConnect and not f.allowConnect:
+            raise HTTPError(403, "CONNECT is not allowed here")
+        try:
+            verdict = f.applyRules("request", head, self.context)
+        except ValueError as e:  # an action the head refused (e.g. removing Host)
+            raise HTTPError(500, "a filter rule could not be applied: %s" % (e,))
+        if verdict is not None:
+            self.logs.extend(verdict.logs)
+            if verdict.action == "block":
+                raise _ruleBlock(403, verdict.label or "blocked by a filter rule")
+        self.filterRequest(head)
+        if self._headTimer is not None and self._headTimer.active():
+            self._headTimer.cancel()
+        self._headTimer = None
+        self.count += 1
+        self.pending.append(head)
+        if self.backend is None and not self.connecting:
+            self._connect(head, verdict.forward if verdict is not None else None)
+        self.requests.write(head.serialize())
+        if self._backendTimer is None:
+            self._backendTimer = f.reactor.callLater(f.backendTimeout, self._backendTimeout)
+        if head.upgrade or head.isConnect:
+            self.requests.wait()  # the response decides: tunnel or not
+        else:
+            self.requests.startBody(head.bodyKind, head.contentLength)
+
+    def _response(self, data):
+        if not self.pending:
+            raise HTTPError(502, "the backend answered a request nobody made")
+        request = self.pending[0]
+        response = parseResponseHead(data, request.method)
+        try:
+            verdict = self.factory.applyRules("response", response, self.context, request)
+        except ValueError as e:
+            raise HTTPError(502, "a filter rule could not be applied: %s" % (e,))
+        if verdict is not None:
+            self.logs.extend(verdict.logs)
+            if verdict.action == "block":
+                raise _ruleBlock(502, verdict.label or "response blocked by a filter rule")
+        self.filterResponse(request, response)
+        self._cancelBackendTimer()
+        self.responses.write(response.serialize())
+        if 100 <= response.status < 200 and response.status != 101:
+            return  # an interim response: the final one follows
+        tunnel = (response.status == 101 and request.upgrade) or (
+            request.isConnect and 200 <= response.status < 300
+        )
+        if tunnel:
+            self.responses.startBody("until-eof")
+            self.requests.tunnel()
+            return
+        if request.upgrade or request.isConnect:
+            self.closing = True  # refused upgrade: the request may have been half-read
+        if not (response.keepAlive and request.keepAlive):
+            self.closing = True
+        self.responses.startBody(response.bodyKind, response.contentLength)
+
+    def bodyDone(self, flow):
+        if flow is self.requests:
+            if not self.pending[-1].keepAlive:
+                self.requests.stop()
+            return
+        if flow.state == DONE:  # close-delimited body ended
+            self.close("eof")
+            return
+        self.pending.popleft()
+        if self.pendingError is not None and not self.pending:
+            self._sendError(self.pendingError)
+        elif self.closing:
+            self.close("close")
+        elif self.pending and self._backendTimer is None:
+            self._backendTimer = self.factory.reactor.callLater(
+                self.factory.backendTimeout, self._backendTimeout
+            )
+        elif not self.pending and self.requests.state == DONE:
+            self.close("done")
+
+    def sourceEnded(self, flow):
+        if flow is self.requests:  # the client's half-close inside a tunnel
+            if self.backend is not None:
+                self.backend.transport.loseWriteConnection()
+        elif flow.state != DONE:
+            self.close("backend-eof")
+
+    def flowFailed(self, flow, reason, error):
+        self.abort("%s-%s" % (flow.name, reason.name.lower()))
+
+    # -- the backend
+
+    def _connect(self, head, group):
+        self.connecting = True
+        endpoint = self.chooseEndpoint(head, group)
+        d = endpoint.connect(Factory.forProtocol(_BackendProtocol))
+        d.addCallbacks(self._backendConnected, self._backendFailed)
+
+    def _backendConnected(self, backend):
+        self.connecting = False
+        if self.ended:
+            backend.transport.loseConnection()
+            return
+        self.backend = backend
+        backend.proxy = self
+        self.responses.src = backend.transport
+        self.requests.connect(backend.transport)
+
+    def _backendFailed(self, reason):
+        self.connecting = False
+        self.log.warn("backend connect failed: {error}", error=reason.getErrorMessage())
+        self._sendError(HTTPError(502, "the backend is unreachable"))
+
+    def backendInvalid(self, error):
+        self.log.warn("invalid response from the backend: {reason}", reason=error.reason)
+        self._sendError(HTTPError(502, "invalid response from the backend: %s" % (error.reason,)))
+
+    def backendEnded(self):
+        if self.ended:
+            return
+        if self.pending and self.responses.state != UNTIL_EOF:
+            self._sendError(HTTPError(502, "the backend closed the connection"))
+        else:
+            self.close("backend-closed")
+
+    # -- timers
+
+    def _headerTimeout(self):
+        self._headTimer = None
+        if self.pending:
+            return
+        if self.requests.reader.buffered:
+            self._sendError(HTTPError(408, "the request head did not arrive in time"))
+        else:
+            self.close("idle")
+
+    def _backendTimeout(self):
+        self._backendTimer = None
+        if self.pending:
+            self._sendError(HTTPError(504, "the backend did not answer in time"))
+
+    def _cancelBackendTimer(self):
+        if self._backendTimer is not None and self._backendTimer.active():
+            self._backendTimer.cancel()
+        self._backendTimer = None
+
+    def _cancelTimers(self):
+        if self._headTimer is not None and self._headTimer.active():
+            self._headTimer.cancel()
+        self._headTimer = None
+        self._cancelBackendTimer()
+
+    # -- endings
+
+    def fail(self, error):
+        """A request could not be accepted: answer once earlier responses are out."""
+        inBody = self.requests.state in (LENGTH, CHUNKED)
+        self.requests.stop()
+        if inBody and self.pending:
+            # its head went out, its body is broken: no answer will come for it
+            self.pending.pop()
+            if self.backend is not None:
+                self.backend.transport.loseWriteConnection()
+        if self.pending:
+            self.pendingError = error
+        else:
+            self._sendError(error)
+
+    def _sendError(self, error):
+        self.responses.stop()
+        if self.ended:
+            return
+        self.logs.append("%d %s" % (error.status, error.reason))
+        if self.factory.returnError or not getattr(error, "byRule", False):
+            # relayd: a rule's block is a silent close unless "return error"
+            self.transport.write(errorResponse(error.status, error.reason, close=True))
+        self.close("error-%d" % error.status)
+
+    def close(self, how):
+        self._finish(how)
+        self.requests.stop()
+        self.responses.stop()
+        self.transport.loseConnection()
+        if self.backend is not None:
+            self.backend.transport.loseConnection()
+
+    def abort(self, how):
+        self._finish(how)
+        self.requests.stop()
+        self.responses.stop()
+        self.transport.abortConnection()
+        if self.backend is not None:
+            self.backend.transport.abortConnection()
+
+    def _finish(self, how):
+        if self.ended:
+            return
+        self.ended = True
+        self._cancelTimers()
+        peer = self.transport.getPeer()
+        self.sessionEnded(
+            {
+                "client": "%s:%s" % (getattr(peer, "host", peer), getattr(peer, "port", "")),
+                "requests": self.count,
+                "spliced": self.requests.spliced + self.responses.spliced,
+                "copied": self.requests.copied + self.responses.copied,
+                "spliced_in": self.requests.spliced,
+                "spliced_out": self.responses.spliced,
+                "duration": self.factory.reactor.seconds() - self.started,
+                "logs": list(self.logs),
+                "how": how,
+            }
+        )
+
+
+class HTTPProxyFactory(Factory):
+    """
+    Makes L{HTTPProxyProtocol}s.
+
+    @param endpoints: client endpoints of the default backend (round-robin).
+    @param groups: named backend groups for rules' C{forward to <group>}:
+        a mapping of name to a list of client endpoints.
+    @param rules: a L{splicing.http.rules.RuleSet} or None.
+    """
+
+    protocol = HTTPProxyProtocol
+
+    def __init__(
+        self,
+        endpoints,
+        groups=None,
+        rules=None,
+        backendPath="auto",
+        headerLimit=8192,
+        maxHeaderLines=100,
+        headerTimeout=10.0,
+        backendTimeout=60.0,
+        allowUpgrade=False,
+        allowConnect=False,
+        serverName="splicing",
+        reactor=None,
+    ):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.groups = {None: list(endpoints)}
+        self.groups.update({name: list(eps) for name, eps in (groups or {}).items()})
+        self.rules = rules
+        self.backendPath = backendPath
+        self.headerLimit = headerLimit
+        self.maxHeaderLines = maxHeaderLines
+        self.headerTimeout = headerTimeout
+        self.backendTimeout = backendTimeout
+        self.allowUpgrade = allowUpgrade
+        self.allowConnect = allowConnect
+        self.serverName = serverName
+        self._next = {}
+
+    @property
+    def returnError(self):
+        return self.rules is not None and self.rules.returnError
+
+    def endpointFor(self, group):
+        endpoints = self.groups.get(group)
+        if not endpoints:
+            raise HTTPError(502, "no backend for group %r" % (group,))
+        i = self._next.get(group, 0)
+        self._next[group] = i + 1
+        return endpoints[i % len(endpoints)]
+
+    def newContext(self, transport):
+        if self.rules is None:
+            return None
+        from splicing.http.rules import Context
+
+        peer, host = transport.getPeer(), transport.getHost()
+        return Context(
+            remoteAddr=getattr(peer, "host", ""),
+            remotePort=getattr(peer, "port", 0),
+            serverAddr=getattr(host, "host", ""),
+            serverPort=getattr(host, "port", 0),
+            serverName=self.serverName,
+            family="inet6" if ":" in getattr(peer, "host", "") else "inet",
+            timeout=self.backendTimeout,
+        )
+
+    def applyRules(self, direction, head, context, request=None):
+        if self.rules is None:
+            return None
+        if request is not None:
+            context.request = request
+        return self.rules.evaluate(direction, head, context)
