@@ -380,6 +380,8 @@ class HTTPProxyFactory(Factory):
         self.groups = {None: list(endpoints)}
         self.groups.update({name: list(eps) for name, eps in (groups or {}).items()})
         self.rules = rules
+        if rules is not None:
+            rules.checkGroups([g for g in self.groups if g is not None])
         self.backendPath = backendPath
         self.headerLimit = headerLimit
         self.maxHeaderLines = maxHeaderLines
@@ -414,7 +416,7 @@ class HTTPProxyFactory(Factory):
             serverAddr=getattr(host, "host", ""),
             serverPort=getattr(host, "port", 0),
             serverName=self.serverName,
-            family="inet6" if ":" in getattr(peer, "host", "") else "inet",
+            family=None,  # derived; an IPv4-mapped client counts as inet
             timeout=self.backendTimeout,
         )
 
