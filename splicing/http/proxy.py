@@ -310,21 +310,17 @@ class HTTPProxyProtocol(Protocol):
             self.transport.write(errorResponse(error.status, error.reason, close=True))
         self.close("error-%d" % error.status)
 
-    def close(self, how):
+    def close(self, how, abort=False):
+        """End the session: flush and close both sides (or reset them)."""
         self._finish(how)
         self.requests.stop()
         self.responses.stop()
-        self.transport.loseConnection()
-        if self.backend is not None:
-            self.backend.transport.loseConnection()
+        for t in (self.transport, self.backend.transport if self.backend else None):
+            if t is not None:
+                t.abortConnection() if abort else t.loseConnection()
 
     def abort(self, how):
-        self._finish(how)
-        self.requests.stop()
-        self.responses.stop()
-        self.transport.abortConnection()
-        if self.backend is not None:
-            self.backend.transport.abortConnection()
+        self.close(how, abort=True)
 
     def _finish(self, how):
         if self.ended:
