@@ -1,57 +1,91 @@
 """
-The command line: C{twistd splice tcp ...} (and C{twist splice tcp ...}).
+The command line: C{twistd splice tcp|udp ...}, C{twistd splice --config
+FILE} (and the same with C{twist}).  Options are checked completely before
+anything starts; each error names the option (or the file and line).
 """
 
-from twisted.application import service
 from twisted.internet import endpoints
 from twisted.python import usage
 
-from splicing import paths
-from splicing.demo import DemoOrigin
-from splicing.relay import RelayFactory
-from splicing.service import RelayService
+from splicing import config as configfile
+from splicing import paths, proxyheader
+from splicing.access import parseNetwork
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 
 
-def _seconds(name):
+def _number(name, kind=float, minimum=0):
+    """A coerce function for --name: a finite number >= minimum."""
+
     def parse(value):
         try:
-            seconds = float(value)
-        except ValueError:
-            raise usage.UsageError("--%s takes a number of seconds, not %r" % (name, value))
-        if not seconds >= 0 or seconds == float("inf"):
-            raise usage.UsageError("--%s must be a finite number of seconds >= 0" % (name,))
-        return seconds
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise usage.UsageError("--%s takes a number, not %r" % (name, value))
+        if not number >= minimum or number == float("inf"):
+            raise usage.UsageError("--%s must be a finite number >= %s, not %r" % (name, minimum, value))
+        return number
 
+    parse.coerceDoc = ""
     return parse
 
 
-class TCPOptions(usage.Options):
+def _repeatable(key, doc):
+    """An opt_KEY method that collects every value of a repeatable option."""
+
+    def opt(self, value):
+        self[key].append(value)
+
+    opt.__doc__ = doc
+    return opt
+
+
+def _reactor():
+    from twisted.internet import reactor
+
+    return reactor
+
+
+class _Shared(usage.Options):
+    optParameters = [
+        ["metrics", None, None, "Serve Prometheus metrics on this server endpoint (e.g. tcp:9100)."],
+    ]
+
+    def _checkMetrics(self):
+        if self["metrics"] is not None:
+            _checkServer("metrics", self["metrics"])
+
+
+class TCPOptions(_Shared):
     synopsis = "--listen ENDPOINT [--listen ...] [--connect ENDPOINT ...] [options]"
     longdesc = (
         "Relay TCP connections from every --listen endpoint to the --connect "
-        "endpoints (round-robin), splicing both directions. Without --connect "
-        "a local demo web site is started and used as the backend."
+        "endpoints (round-robin with failover), splicing both directions. Without "
+        "--connect a local demo web site is started and used as the backend."
     )
     optFlags = [["no-splice", None, "Force the user-land path (no kernel splicing)."]]
     optParameters = [
-        ["idle", None, 600.0, "End a session after this many seconds without a byte either way (0: never).", _seconds("idle")],
+        ["idle", None, 600.0, "End a session after this many seconds without a byte either way (0: never).",
+         _number("idle")],
+        ["half-close-timeout", None, 0.0, "End a half-closed session after this many seconds (0: only --idle).",
+         _number("half-close-timeout")],
+        ["connect-timeout", None, 10.0, "Seconds a backend connect may take before the next is tried.",
+         _number("connect-timeout")],
+        ["max-sessions", None, 0, "Concurrent sessions; more clients wait in the listen backlog (0: no cap).",
+         _number("max-sessions", int)],
+        ["shutdown-timeout", None, 30.0, "On SIGTERM, seconds running sessions may take to finish.",
+         _number("shutdown-timeout")],
+        ["send-proxy", None, None, "Send a PROXY protocol header (v1 or v2) to the backend."],
         ["backend", None, "auto", "Splice path: auto, kernel, mbuf or transport."],
     ]
 
     def __init__(self):
-        usage.Options.__init__(self)
-        self["listen"] = []
-        self["connect"] = []
+        _Shared.__init__(self)
+        self["listen"], self["connect"], self["allow"] = [], [], []
 
-    def opt_listen(self, description):
-        """A server endpoint string to accept clients on (repeatable)."""
-        self["listen"].append(description)
-
-    def opt_connect(self, description):
-        """A client endpoint string of a backend (repeatable)."""
-        self["connect"].append(description)
+    opt_listen = _repeatable("listen", "A server endpoint string to accept clients on (repeatable).")
+    opt_connect = _repeatable("connect", "A client endpoint string of a backend (repeatable).")
+    opt_allow = _repeatable("allow", "Accept only clients from this network, e.g. 10.0.0.0/8 (repeatable).")
 
     def postOptions(self):
         if self["backend"] not in ("auto",) + paths.BACKENDS:
@@ -61,39 +95,91 @@ class TCPOptions(usage.Options):
                 raise usage.UsageError("--no-splice contradicts --backend kernel")
             if self["backend"] == "auto":
                 self["backend"] = "mbuf"
+        if self["send-proxy"] is not None and self["send-proxy"] not in proxyheader.VERSIONS:
+            raise usage.UsageError("--send-proxy must be v1 or v2, not %r" % (self["send-proxy"],))
+        for network in self["allow"]:
+            try:
+                parseNetwork(network)
+            except ValueError as e:
+                raise usage.UsageError("--allow %s" % (e,))
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
         for description in self["listen"]:
-            _checkServer(description)
+            _checkServer("listen", description)
         for description in self["connect"]:
-            _checkClient(description)
+            _checkClient("connect", description)
+        self._checkMetrics()
 
 
-def _checkServer(description):
-    from twisted.internet import reactor
+class UDPOptions(_Shared):
+    synopsis = "--listen udp:PORT[:interface=ADDR] --connect udp:host=H:port=P [options]"
+    longdesc = "Relay UDP datagrams, one session per client address, ended after --idle seconds."
+    optParameters = [
+        ["listen", None, None, "Where to receive datagrams: udp:PORT[:interface=ADDR]."],
+        ["connect", None, None, "Where to send them: udp:host=H:port=P."],
+        ["idle", None, 60.0, "End a client's session after this many seconds without a datagram.",
+         _number("idle")],
+        ["max-sessions", None, 10000, "Concurrent client sessions.", _number("max-sessions", int, 1)],
+    ]
 
+    def postOptions(self):
+        try:
+            from splicing import udp
+        except ImportError as e:  # built in parallel; the TCP relays do not need it
+            raise usage.UsageError("udp relays are not available: %s" % (e,))
+
+        for name, parse in (("listen", udp.parseUDPListen), ("connect", udp.parseUDPConnect)):
+            if self[name] is None:
+                raise usage.UsageError("--%s is required" % (name,))
+            try:
+                parse(self[name])
+            except ValueError as e:
+                raise usage.UsageError("--%s %s: %s" % (name, self[name], e))
+        self._checkMetrics()
+
+
+def _check(option, description, parse):
+    """Parse an endpoint string now, so a bad one is a usage error naming the option."""
     try:
-        endpoints.serverFromString(reactor, description)
+        parse(_reactor(), description)
     except (ValueError, TypeError, KeyError) as e:
-        raise usage.UsageError("--listen %r: %s" % (description, e))
+        raise usage.UsageError("--%s %s: %s" % (option, description, e))
 
 
-def _checkClient(description):
-    from twisted.internet import reactor
+def _checkServer(option, description):
+    _check(option, description, endpoints.serverFromString)
 
-    try:
-        endpoints.clientFromString(reactor, description)
-    except (ValueError, TypeError, KeyError) as e:
-        raise usage.UsageError("--connect %r: %s" % (description, e))
+
+def _checkClient(option, description):
+    from splicing.balance import clientFromString
+
+    _check(option, description, clientFromString)
 
 
 class Options(usage.Options):
-    synopsis = "tcp [options]"
-    subCommands = [["tcp", None, TCPOptions, "A TCP relay."]]
+    synopsis = "tcp|udp [options] | --config FILE"
+    longdesc = "Spliced relays. See docs/usage.md, or 'twistd splice tcp --help'."
+    optParameters = [["config", "c", None, "A TOML file of relays (reloaded on SIGHUP)."]]
+
+    @property
+    def subCommands(self):
+        return [[kind, None, options, doc] for kind, (options, _, doc) in sorted(RELAYS.items())]
 
     def postOptions(self):
-        if self.subCommand is None:
-            raise usage.UsageError("choose a relay: tcp (see --help)")
+        if self["config"] and self.subCommand:
+            raise usage.UsageError("--config and a %s subcommand exclude each other" % (self.subCommand,))
+        if self["config"]:
+            path = self["config"]
+            self["reload"] = lambda: configfile.load(path, {k: v[0] for k, v in RELAYS.items()})
+            try:
+                self["relays"] = self["reload"]()
+            except configfile.ConfigError as e:
+                raise usage.UsageError(str(e))
+        elif self.subCommand is None:
+            raise usage.UsageError("choose a relay: tcp or udp (see --help), or --config FILE")
+        else:
+            relay = configfile.Relay(self.subCommand, None, self.subOptions)
+            self["relays"] = configfile.Config({self.subCommand: relay}, self.subOptions["metrics"])
 
 
 class _DemoEndpoint:
@@ -107,18 +193,58 @@ class _DemoEndpoint:
         return endpoints.TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.origin.port).connect(factory)
 
 
-def makeService(options):
-    from twisted.internet import reactor
+def _tcpService(name, options, metrics, reactor):
+    from splicing.balance import Balancer, Target, clientFromString
+    from splicing.demo import DemoOrigin
+    from splicing.relay import RelayFactory
+    from splicing.service import RelayService
 
-    top = service.MultiService()
-    sub = options.subOptions
-    connect = [endpoints.clientFromString(reactor, c) for c in sub["connect"]]
-    hint = "nc {host} {port}"
-    if not connect:
+    targets = [Target(clientFromString(reactor, c), c) for c in options["connect"]]
+    hint, origin = "nc {host} {port}", None
+    if not targets:
         origin = DemoOrigin(reactor)
-        origin.setServiceParent(top)
-        connect = [_DemoEndpoint(reactor, origin)]
+        targets = [Target(_DemoEndpoint(reactor, origin), "demo-origin")]
         hint = "curl http://{host}:{port}/"
-    factory = RelayFactory(connect, backendPath=sub["backend"], idle=sub["idle"], reactor=reactor)
-    RelayService(sub["listen"], factory, hint=hint, reactor=reactor).setServiceParent(top)
-    return top
+    factory = RelayFactory(
+        Balancer(targets, reactor, timeout=options["connect-timeout"]),
+        backendPath=options["backend"],
+        idle=options["idle"],
+        halfCloseTimeout=options["half-close-timeout"],
+        sendProxy=options["send-proxy"],
+        allow=options["allow"],
+        maxSessions=options["max-sessions"],
+        name=name,
+        metrics=metrics,
+        reactor=reactor,
+    )
+    relay = RelayService(options["listen"], factory, hint=hint, reactor=reactor,
+                         shutdownTimeout=options["shutdown-timeout"])
+    if origin is not None:
+        origin.setServiceParent(relay)
+    return relay
+
+
+def _udpService(name, options, metrics, reactor):
+    from splicing.udp import UDPRelayService
+
+    return UDPRelayService(options["listen"], options["connect"], idle=options["idle"],
+                           maxSessions=options["max-sessions"], reactor=reactor)
+
+
+#: The relay kinds: subcommand (and config "type") -> (usage.Options class,
+#: builder (name, options, metrics, reactor) -> IService, description).
+RELAYS = {
+    "tcp": (TCPOptions, _tcpService, "A TCP relay."),
+    "udp": (UDPOptions, _udpService, "A UDP relay."),
+}
+
+
+def buildRelay(name, relay, metrics, reactor):
+    """The IService of one relay (a L{splicing.config.Relay}) called C{name}."""
+    return RELAYS[relay.kind][1](name, relay.options, metrics, reactor)
+
+
+def makeService(options):
+    from splicing.service import makeService
+
+    return makeService(options)

@@ -3,9 +3,13 @@ The TCP relay: a protocol and factory built on C{splice()}.
 
 Each accepted connection gets a backend connection; then both directions are
 spliced.  Half-close is relayed (EOF from one side shuts down the write side
-toward the other) and the session ends when both directions are done, or
-when neither moved a byte for C{idle} seconds.  Subclass L{RelayProtocol}
-and override its hooks to choose the backend or see each session's end.
+toward the other) and the session ends when both directions are done, when
+neither moved a byte for C{idle} seconds, or when it stayed half-closed for
+C{halfCloseTimeout} seconds.  Every ending is one structured log event.
+
+Subclass L{RelayProtocol} and override its hooks: L{headerLength} and
+L{chooseEndpoint} (read a few bytes in user land, then pick the backend),
+L{sessionEnded} (each session's statistics).
 """
 
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -13,8 +17,14 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from splicing import proxyheader
+from splicing.access import AllowList, formatAddress
+from splicing.balance import Balancer, Target
+from splicing.copy import CopyDirection, spliceOrCopy
+from splicing.endpoint import describe
+from splicing.errors import SpliceError
 from splicing.result import Reason
-from splicing.splice import splice
+from splicing.sessions import SessionTable
 
 
 @implementer(IHalfCloseableProtocol)
@@ -24,11 +34,12 @@ class BackendProtocol(Protocol):
     relay = None
 
     def dataReceived(self, data):
-        # Reached only between splices (e.g. before they start).
-        self.relay.transport.write(data)
+        # Reached only between splices, or when copying: pass the bytes on in user land.
+        if not self.relay._copied("in", data):
+            self.relay.transport.write(data)
 
     def readConnectionLost(self):
-        pass  # the splice's done(EOF) already relayed it
+        self.relay._copied("in")  # (a splice's done(EOF) relays it otherwise)
 
     def writeConnectionLost(self):
         pass
@@ -38,145 +49,294 @@ class BackendProtocol(Protocol):
             self.relay.backendLost(reason)
 
 
+class BackendFactory(Factory):
+    protocol = BackendProtocol
+    noisy = False
+
+
 @implementer(IHalfCloseableProtocol)
 class RelayProtocol(Protocol):
     """
-    One client session.  Hooks for subclasses: L{chooseEndpoint},
-    L{sessionEnded}.
+    One client session.
+
+    Hooks for subclasses: L{headerLength}/L{headerTimeout} with
+    L{chooseEndpoint}, and L{sessionEnded}.
     """
 
     log = Logger()
+
+    #: Bytes to read in user land before choosing the backend (0: none).
+    #: They are sent to the backend ahead of the spliced bytes.
+    headerLength = 0
+    #: Seconds to wait for L{headerLength} bytes; then choose with fewer.
+    headerTimeout = 5.0
+
     backend = None
+    target = None
+    ended = False
+    _begun = False
 
     def connectionMade(self):
-        self.transport.pauseProducing()
         self.started = self.factory.reactor.seconds()
-        self.splices = []
-        self.ended = False
-        self._pending = []
-        self._idleCall = None
-        self._lastTotal = -1
-        endpoint = self.chooseEndpoint()
-        f = Factory.forProtocol(BackendProtocol)
-        d = endpoint.connect(f)
-        d.addCallbacks(self.backendConnected, self.backendFailed)
+        self.splices = {}
+        self.header = b""
+        self._clientEOF = False
+        self._error = 0
+        self._timers = {}
+        self._phase = "proxy-header"
+        proxyheader.whenHeaderRead(self.transport, self._accepted, self)
 
     # -- hooks
 
-    def chooseEndpoint(self):
-        """The client endpoint of this session's backend."""
-        return self.factory.nextEndpoint()
+    def chooseEndpoint(self, header):
+        """
+        The client endpoint of this session's backend, given the first
+        bytes (at least L{headerLength} unless the client stopped early), or
+        None for the factory's targets (round-robin with failover).
+        """
+        return None
 
     def sessionEnded(self, stats):
-        """Called once per session with its statistics (a dict)."""
-        self.log.info(
-            "session ended: {client} -> {backend}: {bytes_out} bytes out, "
-            "{bytes_in} bytes in, {duration:.3f}s, {path}, {how}",
-            **stats,
-        )
+        """Called once per session with its statistics (the log event's fields)."""
 
-    # -- the session
+    # -- the session, in order
+
+    def _accepted(self):
+        self.transport.pauseProducing()
+        self._phase = "waiting"
+        self.factory.admit(self)
+
+    def begin(self):
+        """Called by the factory when the session may start (a slot is free)."""
+        self._begun = True
+        if not self.transport.connected or self.transport.disconnecting:
+            self._finish("client-lost")
+            return
+        self._phase = "header"
+        if self.headerLength:
+            self._later("header", self.headerTimeout, self._headerDone)
+            self.transport.resumeProducing()
+        else:
+            self._headerDone()
 
     def dataReceived(self, data):
-        # Only before the splices start, or after they ended.
-        if self.backend is not None and self.backend.transport is not None:
-            self.backend.transport.write(data)
+        if self._phase == "header":
+            self.header += data
+            if len(self.header) >= self.headerLength:
+                self._headerDone()
+        elif self._copied("out", data):
+            pass
+        elif self.backend is not None and self.backend.transport is not None:
+            self.backend.transport.write(data)  # between or after the splices
         else:
-            self._pending.append(data)
+            self.header += data  # read before pausing took effect
 
-    def backendConnected(self, backend):
+    def _headerDone(self):
+        if self._phase != "header":
+            return
+        self._phase = "connecting"
+        self._cancel("header")
+        self.transport.pauseProducing()
+        try:
+            endpoint = self.chooseEndpoint(self.header)
+        except Exception:
+            self.log.failure("chooseEndpoint failed")
+            self._abort("error")
+            return
+        d = self.factory.connectBackend(BackendFactory(), endpoint)
+        d.addCallbacks(self._backendConnected, self._backendFailed)
+
+    def _backendFailed(self, reason):
+        if self.ended:
+            return
+        self.log.warn(
+            "no backend for {client}: {error}",
+            client=formatAddress(self.transport.getPeer()),
+            error=reason.getErrorMessage(),
+        )
+        self._close("connect-failed")
+
+    def _backendConnected(self, result):
+        backend, self.target = result
         if self.ended or not self.transport.connected:
             backend.transport.loseConnection()
+            if not self.ended:
+                self._finish("client-lost")
             return
         self.backend = backend
         backend.relay = self
-        for data in self._pending:
-            backend.transport.write(data)
-        self._pending = []
+        self._phase = "relaying"
         f = self.factory
-        out = splice(self.transport, backend.transport, backend=f.backendPath)
-        back = splice(backend.transport, self.transport, backend=f.backendPath)
-        self.splices = [out, back]
-        out.done.addCallback(self._directionDone, backend.transport)
-        back.done.addCallback(self._directionDone, self.transport)
-        self.transport.resumeProducing()
-        if f.idle:
-            self._idleCall = f.reactor.callLater(f.idle, self._idleCheck)
-
-    def backendFailed(self, reason):
-        self.log.warn("backend connect failed: {reason}", reason=reason.getErrorMessage())
-        self._finish("connect-failed")
-        self.transport.loseConnection()
-
-    def _directionDone(self, result, drain):
-        if result.reason is Reason.EOF:
-            if drain.connected and not drain.disconnecting:
-                drain.loseWriteConnection()
-        elif result.reason is not Reason.UNSPLICED:
-            self._abort(result.reason.name.lower())
+        if f.sendProxy:
+            backend.transport.write(proxyheader.encode(f.sendProxy, self.transport.getPeer(), self.transport.getHost()))
+        if self.header:
+            backend.transport.write(self.header)
+        directions = [("in", backend.transport, self.transport)]
+        if not self._clientEOF:
+            directions.insert(0, ("out", self.transport, backend.transport))
+        try:
+            for name, source, drain in directions:
+                s = self.splices[name] = spliceOrCopy(source, drain, f.backendPath)
+                s.done.addCallback(self._directionDone, name, drain)
+        except SpliceError as e:
+            self.log.warn("cannot splice: {error}", error=str(e))
+            self._abort("error")
             return
-        if all(s.result is not None for s in self.splices):
+        if self._clientEOF:
+            self._directionDone(None, "out", backend.transport)
+        else:
+            self.transport.resumeProducing()
+        if f.idle:
+            self._lastTotal, self._lastMove = 0, f.reactor.seconds()
+            self._later("idle", f.idle / 4.0, self._idleCheck)
+
+    def _copied(self, name, data=None):
+        """A chunk (or, with no data, EOF) of a direction that is copied, not spliced."""
+        direction = self.splices.get(name)
+        if not isinstance(direction, CopyDirection):
+            return False
+        if data is None:
+            direction.end()
+        else:
+            direction.moved(data)
+        return True
+
+    def _directionDone(self, result, name, drain):
+        if self.ended:
+            return
+        if result is not None and result.reason is not Reason.EOF:
+            if result.reason is not Reason.UNSPLICED:
+                self._error = result.error
+                # A TLS peer cannot half-close: its close ends this direction
+                # (an error) and the other (EOF) in the same turn.  Look once
+                # the turn is over before calling it an error.
+                self._later("error", 0, self._errorEnd, name, result.reason.name.lower())
+            return
+        if drain.connected and not drain.disconnecting:
+            if describe(drain).tls:
+                drain.loseConnection()  # TLS has no half-close: close after flushing
+            else:
+                drain.loseWriteConnection()
+        self.splices.setdefault(name, None)
+        if self._bothDone():
             self._close("eof")
+        elif self.factory.halfCloseTimeout:
+            self._later("half-close", self.factory.halfCloseTimeout, self._abort, "half-close-timeout")
+
+    def _errorEnd(self, name, how):
+        other = self.splices.get("in" if name == "out" else "out")
+        if other is not None and other.result is not None and other.result.reason is Reason.EOF:
+            self._close("eof")  # the peer closed both ways at once
+        else:
+            self._abort(how)
+
+    def _bothDone(self):
+        return len(self.splices) == 2 and all(s is None or s.result is not None for s in self.splices.values())
 
     def _idleCheck(self):
-        total = sum(s.length for s in self.splices)
-        if total == self._lastTotal:
-            self._idleCall = None
+        """Every quarter of C{idle}: end when the byte counts stood still for C{idle} seconds."""
+        now, idle = self.factory.reactor.seconds(), self.factory.idle
+        total = sum(s.length for s in self.splices.values() if s is not None)
+        if total != self._lastTotal:
+            self._lastTotal, self._lastMove = total, now
+        elif now - self._lastMove >= idle:
             self._abort("idle")
             return
-        self._lastTotal = total
-        self._idleCall = self.factory.reactor.callLater(self.factory.idle, self._idleCheck)
+        self._later("idle", min(idle / 4.0, idle - (now - self._lastMove)), self._idleCheck)
+
+    # -- timers
+
+    def _later(self, name, seconds, f, *args):
+        self._cancel(name)
+        self._timers[name] = self.factory.reactor.callLater(seconds, f, *args)
+
+    def _cancel(self, name=None):
+        for key in [name] if name else list(self._timers):
+            call = self._timers.pop(key, None)
+            if call is not None and call.active():
+                call.cancel()
+
+    # -- endings
 
     def _close(self, how):
+        """End gracefully: both connections closed after flushing."""
         self._finish(how)
         self.transport.loseConnection()
         if self.backend is not None:
             self.backend.transport.loseConnection()
 
     def _abort(self, how):
+        """End now: unsplice what runs, reset both connections."""
         self._finish(how)
-        for s in self.splices:
-            if s.result is None:
+        for s in self.splices.values():
+            if s is not None and s.result is None:
                 s.unsplice()
         self.transport.abortConnection()
         if self.backend is not None:
             self.backend.transport.abortConnection()
 
+    def abort(self, how="shutdown"):
+        """End this session now (at shutdown, for instance)."""
+        if self.ended:
+            return
+        if self._begun:
+            self._abort(how)
+        else:  # still waiting for a slot: not a session yet
+            self.ended = True
+            self.transport.abortConnection()
+
     def _finish(self, how):
         if self.ended:
             return
         self.ended = True
-        if self._idleCall is not None and self._idleCall.active():
-            self._idleCall.cancel()
-        self._idleCall = None
-        lengths = [s.length for s in self.splices] or [0, 0]
-        peer = self.transport.getPeer()
-        backendPeer = self.backend.transport.getPeer() if self.backend else None
-        self.sessionEnded(
-            {
-                "client": "%s:%s" % (peer.host, peer.port),
-                "backend": "%s:%s" % (backendPeer.host, backendPeer.port) if backendPeer else None,
-                "bytes_out": lengths[0],
-                "bytes_in": lengths[1],
-                "duration": self.factory.reactor.seconds() - self.started,
-                "path": self.splices[0].backend if self.splices else None,
-                "how": how,
-            }
-        )
+        self._cancel()
+        for s in self.splices.values():
+            if isinstance(s, CopyDirection):
+                s.unsplice()  # unregister its producer, or closing would wait for it
+        stats = self.statistics(how)
+        self.factory.sessionFinished(self, stats)
+        self.sessionEnded(stats)
+
+    def statistics(self, how):
+        """The session's fields: client, backend, bytes each way, duration, path, how."""
+        out, back = (self.splices.get(k) for k in ("out", "in"))
+        backendPeer = self.backend.transport.getPeer() if self.backend and self.backend.transport else None
+        anySplice = out or back
+        return {
+            "relay": self.factory.name,
+            "client": formatAddress(self.transport.getPeer()),
+            "backend": formatAddress(backendPeer) if backendPeer else None,
+            "target": self.target.name if self.target else None,
+            "bytes_out": len(self.header) + (out.length if out else 0),
+            "bytes_in": back.length if back else 0,
+            "duration": self.factory.reactor.seconds() - self.started,
+            "path": anySplice.backend if anySplice else None,
+            "how": how,
+            "error": self._error,
+        }
 
     def readConnectionLost(self):
-        pass  # the splice's done(EOF) already relayed it
+        # Seen only outside the splices: while reading the header, or copying.
+        if self._copied("out"):
+            return
+        self._clientEOF = True
+        if self._phase == "header":
+            self._headerDone()
 
     def writeConnectionLost(self):
         pass
 
     def backendLost(self, reason):
-        if not self.ended and all(s.result is not None for s in self.splices):
+        if not self.ended and self._bothDone():
             self._close("eof")
+        elif not self.ended and not self.splices:
+            self._close("backend-lost")
 
     def connectionLost(self, reason):
-        if not self.ended:
+        self._cancel()
+        if not self.ended and self._begun:
             self._finish("client-lost")
+        self.factory.forget(self)
         if self.backend is not None and self.backend.transport is not None:
             self.backend.transport.loseConnection()
 
@@ -185,28 +345,84 @@ class RelayFactory(Factory):
     """
     Makes L{RelayProtocol}s relaying to C{endpoints} in turn.
 
-    @param endpoints: client endpoints of the backends (round-robin).
+    @param endpoints: client endpoints of the backends (round-robin with
+        failover), or a L{splicing.balance.Balancer}.
     @param backendPath: the splice path, "auto", "kernel", "mbuf" or "transport".
-    @param idle: seconds without a byte either way before a session ends.
+    @param idle: seconds without a byte either way before a session ends (0: never).
+    @param halfCloseTimeout: seconds a half-closed session may linger (0: no bound).
+    @param sendProxy: None, "v1" or "v2": a PROXY header to send to the backend.
+    @param allow: a L{splicing.access.AllowList} (or CIDR strings), empty for all.
+    @param maxSessions: concurrent sessions (0: no cap); when full, the
+        listening ports stop accepting and new clients wait in the backlog.
+    @param name: the relay's name in logs and metrics.
+    @param metrics: a L{splicing.metrics.RelayMetrics}, or None.
     """
 
     protocol = RelayProtocol
+    log = Logger()
 
-    def __init__(self, endpoints, backendPath="auto", idle=600.0, reactor=None):
+    def __init__(self, endpoints, backendPath="auto", idle=600.0, reactor=None, halfCloseTimeout=0.0,
+                 sendProxy=None, allow=(), maxSessions=0, connectTimeout=10.0, name="tcp", metrics=None):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
-        self.endpoints = list(endpoints)
+        self.name = name
+        self.metrics = metrics
+        if isinstance(endpoints, Balancer):
+            self.balancer = endpoints
+        else:
+            targets = [(e, getattr(e, "description", repr(e))) for e in endpoints]
+            self.balancer = Balancer(targets, reactor, timeout=connectTimeout)
+        self.balancer.onFailure = self._connectFailed
         self.backendPath = backendPath
         self.idle = idle
-        self._next = 0
+        self.halfCloseTimeout = halfCloseTimeout
+        if sendProxy is not None and sendProxy not in proxyheader.VERSIONS:
+            raise ValueError("sendProxy must be v1 or v2, not %r" % (sendProxy,))
+        self.sendProxy = sendProxy
+        self.allow = allow if isinstance(allow, AllowList) else AllowList(allow)
+        self.table = SessionTable(maxSessions)
+        if metrics is not None:
+            metrics.watch(name, self.table)
 
-    def nextEndpoint(self):
-        if not self.endpoints:
-            raise ValueError("no backend endpoint")
-        e = self.endpoints[self._next % len(self.endpoints)]
-        self._next += 1
-        return e
+    def admit(self, protocol):
+        """Start C{protocol}'s session now, or when a slot frees (refuse disallowed clients)."""
+        peer = protocol.transport.getPeer()
+        if not self.allow.allows(peer):
+            self.log.warn("refused {client}: not in --allow", client=formatAddress(peer), relay=self.name)
+            self._observe("refused", "allow")
+            protocol.ended = True
+            protocol.transport.abortConnection()
+            return
+        self.table.admit(protocol)
+
+    def connectBackend(self, factory, endpoint=None):
+        """A Deferred (protocol, target): C{endpoint}, or the next of the targets."""
+        if endpoint is None:
+            return self.balancer.connect(factory)
+        target = Target(endpoint, getattr(endpoint, "description", repr(endpoint)))
+        return Balancer([target], self.reactor, self.balancer.timeout, onFailure=self._connectFailed).connect(factory)
+
+    def _connectFailed(self, target, failure):
+        self.log.warn("backend {target} failed: {error}", target=target.name, error=failure.getErrorMessage(),
+                      relay=self.name)
+        self._observe("connectFailed", target.name)
+
+    def sessionFinished(self, protocol, stats):
+        self.log.info(
+            "session ended: {client} -> {backend}: {bytes_out} bytes out, {bytes_in} bytes in, "
+            "{duration:.3f}s, {path}, {how}",
+            **stats,
+        )
+        self._observe("sessionEnded", stats)
+        self.table.release(protocol)
+
+    def forget(self, protocol):
+        self.table.release(protocol)
+
+    def _observe(self, method, *args):
+        if self.metrics is not None:
+            getattr(self.metrics, method)(self.name, *args)
 
 
-__all__ = ["RelayProtocol", "RelayFactory", "BackendProtocol"]
+__all__ = ["RelayProtocol", "RelayFactory", "BackendProtocol", "formatAddress"]

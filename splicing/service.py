@@ -1,68 +1,218 @@
 """
 Relays as Twisted services, to compose with an application's own services
-in a C{MultiService}.
+in a C{MultiService}: L{RelayService} (one TCP relay, with graceful stop),
+L{ConfigService} (the relays of a TOML file, reloaded on SIGHUP) and
+L{makeService} (what C{twistd splice} runs).
 """
 
+import signal
+
 from twisted.application import service
-from twisted.internet import endpoints
+from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
-
-def _hostPort(address):
-    host = getattr(address, "host", None)
-    if host is None:
-        return str(address), None
-    if ":" in host:
-        host = "[%s]" % (host,)
-    return host, address.port
+from splicing.access import formatAddress
 
 
-class RelayService(service.Service):
+class ListeningService(service.MultiService):
     """
-    Listens on server endpoint strings and serves them with a relay factory.
-
-    @ivar ports: the listening ports, once started.
-    @ivar hint: a format for the "how to try it" line: C{{host}} and
-        C{{port}} are filled in, e.g. "curl http://{host}:{port}/".
+    Listens on server endpoint strings with one factory; children (helper
+    services) start before and stop after it.  A port that cannot listen
+    stops the process: a relay missing one of its addresses is a
+    misconfiguration, not a degraded mode.
     """
 
     log = Logger()
+    what = "service"
 
-    def __init__(self, listen, factory, hint="nc {host} {port}", reactor=None):
+    def __init__(self, listen, factory, reactor=None):
+        service.MultiService.__init__(self)
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
         self.listen = list(listen)
         self.factory = factory
-        self.hint = hint
         self.ports = []
 
     def startService(self):
-        service.Service.startService(self)
+        service.MultiService.startService(self)
         for description in self.listen:
-            endpoint = endpoints.serverFromString(self.reactor, description)
-            d = endpoint.listen(self.factory)
+            d = endpoints.serverFromString(self.reactor, description).listen(self.factory)
             d.addCallbacks(self._listening, self._failed, errbackArgs=(description,))
 
     def _listening(self, port):
+        if not self.running:
+            return port.stopListening()
         self.ports.append(port)
-        host, number = _hostPort(port.getHost())
-        self.log.info("relay listening on {address}", address="%s:%s" % (host, number))
-        if number is not None:
-            self.log.info("try it: " + self.hint.format(host=host, port=number))
+        self.log.info("{what} {name} listening on {address}", what=self.what, name=getattr(self.factory, "name", ""),
+                      address=formatAddress(port.getHost()))
+        self.portListening(port)
+
+    def portListening(self, port):
+        """A port is listening (a hook)."""
 
     def _failed(self, reason, description):
-        self.log.critical(
-            "cannot listen on {description}: {error}",
-            description=description,
-            error=reason.getErrorMessage(),
-        )
+        self.log.critical("cannot listen on {description}: {error}", description=description,
+                          error=reason.getErrorMessage())
         if self.reactor.running:
             self.reactor.stop()
 
+    def stopListening(self):
+        """Close the ports; a Deferred that fires when they are closed."""
+        ports, self.ports = self.ports, []
+        return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
+
+
+class RelayService(ListeningService):
+    """
+    Serves C{listen} (server endpoint strings) with a
+    L{splicing.relay.RelayFactory}.
+
+    Stopping (SIGTERM) stops accepting, lets running sessions finish for
+    up to C{shutdownTimeout} seconds, then aborts the rest.
+
+    @ivar hint: a format for the "how to try it" line: C{{host}} and
+        C{{port}} are filled in, e.g. "curl http://{host}:{port}/".
+    """
+
+    what = "relay"
+
+    def __init__(self, listen, factory, hint="nc {host} {port}", reactor=None, shutdownTimeout=30.0):
+        ListeningService.__init__(self, listen, factory, reactor)
+        self.hint = hint
+        self.shutdownTimeout = shutdownTimeout
+
+    def portListening(self, port):
+        self.factory.table.addPort(port)
+        address = port.getHost()
+        if getattr(address, "port", None) is not None:
+            host = address.host if ":" not in address.host else "[%s]" % (address.host,)
+            self.log.info("try it: {command}", command=self.hint.format(host=host, port=address.port))
+
+    def stopAccepting(self):
+        """Stop accepting new clients; running sessions go on."""
+        table = self.factory.table
+        table.accepting = False
+        for port in self.ports:
+            table.removePort(port)
+        return self.stopListening()
+
+    def drain(self, timeout):
+        """A Deferred firing when the sessions ended, aborting them after C{timeout} seconds."""
+        table = self.factory.table
+        if len(table) or table.waiting:
+            self.log.info("waiting up to {timeout}s for {count} sessions", timeout=timeout, count=len(table))
+        d = table.whenEmpty()
+        if timeout:
+            call = self.reactor.callLater(timeout, table.abortAll, "shutdown")
+            d.addBoth(lambda r: call.active() and call.cancel())
+        else:
+            table.abortAll("shutdown")
+        return d
+
     def stopService(self):
         service.Service.stopService(self)
-        ports, self.ports = self.ports, []
-        from twisted.internet import defer
+        d = self.stopAccepting()
+        d.addCallback(lambda _: self.drain(self.shutdownTimeout))
+        d.addCallback(lambda _: service.MultiService.stopService(self))
+        return d
 
-        return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
+
+class ConfigService(service.Service):
+    """
+    The relays of a config file, by name.  SIGHUP (or L{reload}) re-reads
+    it: added relays start, removed ones stop accepting (their running
+    sessions go on), changed ones are replaced the same way, unchanged
+    ones are untouched.  A file with errors is logged and ignored.
+
+    @param load: a callable returning the parsed file (L{splicing.config.Config}).
+    @param build: a callable (name, relay) -> IService.
+    """
+
+    log = Logger()
+
+    def __init__(self, load, build, config, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.load = load
+        self.build = build
+        self.config = config
+        self.relays = {}
+        self.retired = []
+        self._previous = None
+
+    def startService(self):
+        service.Service.startService(self)
+        for name, relay in self.config.relays.items():
+            self._start(name, relay)
+        self.reactor.callWhenRunning(self._installSIGHUP)
+
+    def _installSIGHUP(self):
+        self._previous = signal.signal(signal.SIGHUP, lambda *a: self.reactor.callFromThread(self.reload))
+
+    def _start(self, name, relay):
+        svc = self.build(name, relay)
+        self.relays[name] = (relay, svc)
+        svc.startService()
+
+    def _retire(self, name):
+        relay, svc = self.relays.pop(name)
+        self.retired.append(svc)
+        return defer.maybeDeferred(getattr(svc, "stopAccepting", svc.stopService))
+
+    def reload(self):
+        """Re-read the file and apply the difference; a Deferred."""
+        try:
+            config = self.load()
+        except Exception as e:
+            self.log.error("reload failed, keeping the running relays: {error}", error=str(e))
+            return defer.succeed(None)
+        new, old = config.relays, {n: r for n, (r, _) in self.relays.items()}
+        gone = [n for n in old if n not in new or new[n] != old[n]]
+        fresh = [n for n in new if n not in old or new[n] != old[n]]
+        self.log.info("reload: start {started}, stop {stopped}, keep {kept}", started=fresh, stopped=gone,
+                      kept=[n for n in new if n in old and n not in fresh])
+        d = defer.gatherResults([self._retire(n) for n in gone])
+
+        def startNew(_):
+            for name in fresh:
+                self._start(name, new[name])
+
+        return d.addCallback(startNew)
+
+    def stopService(self):
+        service.Service.stopService(self)
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+        services = [svc for _, svc in self.relays.values()] + self.retired
+        self.relays, self.retired = {}, []
+        return defer.gatherResults([defer.maybeDeferred(s.stopService) for s in services])
+
+
+def makeService(options):
+    """A C{MultiService} from the command line's L{splicing.cli.Options}."""
+    from splicing import cli
+    from splicing.metrics import MetricsService, RelayMetrics
+
+    from twisted.internet import reactor
+
+    top = service.MultiService()
+    config = options["relays"]
+    metrics = None
+    if config.metrics:
+        metrics = RelayMetrics()
+        MetricsService(config.metrics, metrics, reactor).setServiceParent(top)
+
+    def build(name, relay):
+        return cli.buildRelay(name, relay, metrics, reactor)
+
+    if options["config"]:
+        ConfigService(options["reload"], build, config, reactor).setServiceParent(top)
+    else:
+        for name, relay in config.relays.items():
+            build(name, relay).setServiceParent(top)
+    return top
+
+
+__all__ = ["ListeningService", "RelayService", "ConfigService", "makeService"]

@@ -7,6 +7,6 @@ from twisted.application.service import ServiceMaker
 splice = ServiceMaker(
     "splicing",
     "splicing.cli",
-    "OpenBSD-style spliced TCP relays (see 'twistd splice --help').",
+    "OpenBSD-style spliced TCP and UDP relays (see 'twistd splice --help', docs/usage.md).",
     "splice",
 )

@@ -1,0 +1,102 @@
+"""
+Backends: client endpoint strings, round-robin with failover.
+
+A relay with several C{--connect} targets takes them in turn.  A connect
+that is refused or times out tries the next target; a target that failed is
+skipped for C{holdoff} seconds (tried again only when every other target is
+down as well), as relayd and HAProxy mark a host down after a failed check.
+"""
+
+from twisted.internet import defer, endpoints
+
+
+def clientFromString(reactor, description):
+    """
+    A client endpoint for C{description}.  Unlike Twisted's parser, C{tcp:}
+    resolves host names to IPv4 or IPv6 (a L{HostnameEndpoint}, Twisted
+    #7387); every other prefix (C{tls:}, C{unix:}, plugins) is Twisted's.
+    """
+    endpoint = endpoints.clientFromString(reactor, description)
+    if type(endpoint) is endpoints.TCP4ClientEndpoint:
+        args, kw = endpoints._parse(description)
+        kw = endpoints._parseClientTCP(*args[1:], **kw)
+        return endpoints.HostnameEndpoint(
+            reactor,
+            kw["host"],
+            kw["port"],
+            timeout=kw.get("timeout", 30),
+            bindAddress=kw.get("bindAddress"),
+        )
+    return endpoint
+
+
+class Target:
+    """One backend: its endpoint, its name (the description) and when it may be tried again."""
+
+    def __init__(self, endpoint, name):
+        self.endpoint = endpoint
+        self.name = name
+        self.downUntil = 0.0
+
+    def __repr__(self):
+        return "<Target %s>" % (self.name,)
+
+
+class Balancer:
+    """
+    Round-robin over L{Target}s with failover.
+
+    @param targets: L{Target}s, or (endpoint, name) pairs.
+    @param timeout: seconds a connect may take before the next target is tried.
+    @param holdoff: seconds a failed target is skipped.
+    @param onFailure: called with (target, failure) after each failed attempt.
+    """
+
+    def __init__(self, targets, reactor, timeout=10.0, holdoff=10.0, onFailure=None):
+        self.targets = [t if isinstance(t, Target) else Target(*t) for t in targets]
+        self.reactor = reactor
+        self.timeout = timeout
+        self.holdoff = holdoff
+        self.onFailure = onFailure
+        self._next = 0
+
+    def order(self):
+        """This connect's targets: the next in turn first, the ones marked down last."""
+        n = len(self.targets)
+        if not n:
+            return []
+        start, self._next = self._next % n, self._next + 1
+        turn = self.targets[start:] + self.targets[:start]
+        now = self.reactor.seconds()
+        return [t for t in turn if t.downUntil <= now] + sorted(
+            (t for t in turn if t.downUntil > now), key=lambda t: t.downUntil
+        )
+
+    def connect(self, factory):
+        """A Deferred firing with (protocol, target); fails with the last error when all fail."""
+        return self._attempt(self.order(), factory, None)
+
+    def _attempt(self, remaining, factory, lastFailure):
+        if not remaining:
+            if lastFailure is None:
+                return defer.fail(ValueError("no backend endpoint"))
+            return defer.fail(lastFailure)
+        target = remaining[0]
+        d = target.endpoint.connect(factory)
+        if self.timeout:
+            d.addTimeout(self.timeout, self.reactor)
+
+        def ok(protocol):
+            target.downUntil = 0.0
+            return protocol, target
+
+        def failed(f):
+            target.downUntil = self.reactor.seconds() + self.holdoff
+            if self.onFailure is not None:
+                self.onFailure(target, f)
+            return self._attempt(remaining[1:], factory, f)
+
+        return d.addCallbacks(ok, failed)
+
+
+__all__ = ["Balancer", "Target", "clientFromString"]

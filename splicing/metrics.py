@@ -1,0 +1,84 @@
+"""
+Prometheus metrics (C{--metrics ENDPOINT}): sessions, bytes, errors and the
+kernel path's pipes, served by C{twisted.web} on any server endpoint.
+
+Each process has its own registry (not prometheus_client's global one), so
+several relays, or tests, can run in one process without clashing.
+"""
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily
+
+from splicing.service import ListeningService
+
+
+class _LiveCollector:
+    """Values read at scrape time: running and waiting sessions, pipes."""
+
+    def __init__(self):
+        self.tables = {}
+
+    def collect(self):
+        active = GaugeMetricFamily("splicing_sessions_active", "Sessions running", labels=["relay"])
+        waiting = GaugeMetricFamily("splicing_sessions_waiting", "Clients accepted, waiting for a slot", labels=["relay"])
+        for name, table in sorted(self.tables.items()):
+            active.add_metric([name], len(table.active))
+            waiting.add_metric([name], len(table.waiting))
+        yield active
+        yield waiting
+        from splicing.paths.kernel import pipePool
+
+        pool = pipePool()
+        for name, value, doc in (("in_use", pool.inUse, "Pipes holding spliced bytes"),
+                                 ("idle", pool.idle, "Empty pipes kept for reuse"),
+                                 ("limit", pool.limit, "Most pipes alive at once")):
+            yield GaugeMetricFamily("splicing_pipes_" + name, doc, value=value)
+
+
+class RelayMetrics:
+    """The relays' counters; a L{splicing.relay.RelayFactory} reports to it."""
+
+    def __init__(self, registry=None):
+        self.registry = CollectorRegistry() if registry is None else registry
+        r = self.registry
+        self.sessions = Counter("splicing_sessions", "Sessions ended", ["relay", "how"], registry=r)
+        self.bytes = Counter("splicing_bytes", "Bytes relayed", ["relay", "direction", "path"], registry=r)
+        self.connectErrors = Counter("splicing_connect_errors", "Failed backend connects", ["relay", "target"], registry=r)
+        self.refusedClients = Counter("splicing_refused", "Clients refused", ["relay", "reason"], registry=r)
+        self._live = _LiveCollector()
+        r.register(self._live)
+
+    def watch(self, relay, table):
+        """Report C{table}'s running and waiting sessions as C{relay}'s."""
+        self._live.tables[relay] = table
+
+    def sessionEnded(self, relay, stats):
+        self.sessions.labels(relay, stats["how"]).inc()
+        path = stats["path"] or "none"
+        self.bytes.labels(relay, "out", path).inc(stats["bytes_out"])
+        self.bytes.labels(relay, "in", path).inc(stats["bytes_in"])
+
+    def connectFailed(self, relay, target):
+        self.connectErrors.labels(relay, target).inc()
+
+    def refused(self, relay, reason):
+        self.refusedClients.labels(relay, reason).inc()
+
+
+class MetricsService(ListeningService):
+    """Serves C{metrics}' registry (at any path) on a server endpoint string."""
+
+    what = "metrics"
+
+    def __init__(self, description, metrics, reactor=None):
+        from prometheus_client.twisted import MetricsResource
+        from twisted.web.server import Site
+
+        site = Site(MetricsResource(metrics.registry))
+        site.name = "http"
+        site.noisy = False
+        ListeningService.__init__(self, [description], site, reactor)
+        self.metrics = metrics
+
+
+__all__ = ["RelayMetrics", "MetricsService"]
