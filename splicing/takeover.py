@@ -183,10 +183,17 @@ class Borrowed:
     def _startReading(self):
         self.appReading = True
         if self.reader is None:
-            if not self.readLost:
-                self.reactor.addReader(self.transport)
             if self.leftover:
-                self.reactor.callLater(0, self.deliverLeftover)
+                # what is owed goes first: read the socket only after it
+                self.reactor.callLater(0, self._deliverThenRead)
+            elif not self.readLost:
+                self.reactor.addReader(self.transport)
+
+    def _deliverThenRead(self):
+        self.deliverLeftover()
+        t = self.transport
+        if self.appReading and self.reader is None and not self.readLost and t.connected and not self.lost:
+            self.reactor.addReader(t)
 
     def _stopReading(self):
         self.appReading = False

@@ -1,0 +1,224 @@
+"""
+Load generators and reference relays for the UDP benchmark, each meant to
+run as its own process so that none competes with another for one
+interpreter.
+
+    python -m benchmarks._udpload recv
+        Bind 127.0.0.1 (a free port), print C{PORT <n>}, count datagrams
+        with C{recvmmsg} batches.  Commands on stdin: C{reset} (zero the
+        counts), C{report} (print one JSON line: datagrams, bytes, first and
+        last arrival), C{quit}.
+
+    python -m benchmarks._udpload send --port P --size S --seconds T [--rate R]
+        Send S-byte datagrams on a connected socket for T seconds with
+        C{sendmmsg} batches of 64 (all slots point at one buffer: no per
+        datagram work), unpaced or paced to R datagrams/s; print one JSON
+        line (sent, seconds).
+
+    python -m benchmarks._udpload twisted-relay --listen P --connect Q
+        The reference: a plain Twisted C{DatagramProtocol} relay, the
+        backend side a connected port, replies to the last client.
+
+    python -m benchmarks._udpload splice-relay --listen P --connect Q
+        L{splicing.udp.UDPRelayService}.
+
+Relays print C{READY} once listening.
+"""
+
+import argparse
+import json
+import os
+import select
+import socket
+import sys
+import time
+
+from splicing import mmsg
+
+BATCH = 64
+BUFSIZE = 8 << 20  # the load tools' own buffers (forced when allowed)
+RELAY_BUFFER = 4 << 20  # both relays', within rmem_max/wmem_max
+
+
+def _bigBuffers(sock):
+    for opt, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):  # SO_*BUFFORCE
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, BUFSIZE)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, opt, BUFSIZE)
+
+
+def _emit(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+# -- receiver --------------------------------------------------------------
+
+
+def recv(args):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    _bigBuffers(sock)
+    sock.bind(("127.0.0.1", args.port))
+    sock.setblocking(False)
+    sys.stdout.write("PORT %d\n" % sock.getsockname()[1])
+    sys.stdout.flush()
+    size = 2048
+    bufs = [bytearray(size) for _ in range(BATCH)]
+    vec = mmsg.MessageVector(BATCH) if mmsg.available else None
+    if vec is not None:
+        vec.setBuffers(0, bufs)
+    count = nbytes = 0
+    first = last = None
+    fd = sock.fileno()
+    stdin = sys.stdin.fileno()
+    poller = select.epoll()
+    poller.register(fd, select.EPOLLIN)
+    poller.register(stdin, select.EPOLLIN)
+    pending = b""
+    while True:
+        for ready, _ in poller.poll(1.0):
+            if ready == fd:
+                while True:
+                    try:
+                        if vec is not None:
+                            n = vec.recv(sock, 0, BATCH)
+                            got = sum(vec.lengths(0, n))
+                        else:
+                            got, n = sock.recv_into(bufs[0]), 1
+                    except BlockingIOError:
+                        break
+                    last = time.monotonic()
+                    if first is None:
+                        first = last
+                    count += n
+                    nbytes += got
+            else:
+                chunk = os.read(stdin, 4096)
+                if not chunk:
+                    return
+                pending += chunk
+                while b"\n" in pending:
+                    line, pending = pending.split(b"\n", 1)
+                    cmd = line.strip()
+                    if cmd == b"reset":
+                        count = nbytes = 0
+                        first = last = None
+                        _emit({"reset": True})
+                    elif cmd == b"report":
+                        _emit({"datagrams": count, "bytes": nbytes, "first": first, "last": last})
+                    elif cmd == b"quit":
+                        return
+
+
+# -- sender ----------------------------------------------------------------
+
+
+def send(args):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    _bigBuffers(sock)
+    sock.connect(("127.0.0.1", args.port))
+    payload = bytearray(b"x" * args.size)
+    vec = None
+    if mmsg.available:
+        vec = mmsg.MessageVector(BATCH)
+        vec.setBuffers(0, [payload] * BATCH)  # every slot the same buffer
+        vec.setGroups([(i, 1, args.size) for i in range(BATCH)])  # one datagram per message
+    fd = sock.fileno()
+    sent = 0
+    start = time.monotonic()
+    end = start + args.seconds
+    interval = BATCH / args.rate if args.rate else 0.0
+    due = start
+    now = start
+    while now < end:
+        try:
+            if vec is not None:
+                sent += vec.send(sock, 0, BATCH)
+            else:
+                for _ in range(BATCH):
+                    sock.send(payload)
+                    sent += 1
+        except BlockingIOError:
+            select.select([], [fd], [], 0.01)
+        except ConnectionRefusedError:
+            pass  # an ICMP error from an earlier datagram: keep sending
+        now = time.monotonic()
+        if interval:
+            due += interval
+            if due > now:
+                time.sleep(due - now)
+                now = time.monotonic()
+    _emit({"sent": sent, "seconds": time.monotonic() - start})
+
+
+# -- relays ----------------------------------------------------------------
+
+
+def twistedRelay(args):
+    from twisted.internet import protocol, reactor
+
+    class Backend(protocol.DatagramProtocol):
+        def __init__(self, front):
+            self.front = front
+
+        def datagramReceived(self, data, addr):
+            if self.front.client is not None:
+                self.front.transport.write(data, self.front.client)
+
+    class Front(protocol.DatagramProtocol):
+        client = None
+
+        def datagramReceived(self, data, addr):
+            self.client = addr
+            try:
+                backend.transport.write(data)
+            except OSError:
+                pass
+
+    front = Front()
+    backend = Backend(front)
+    fp = reactor.listenUDP(args.listen, front, interface="127.0.0.1", maxPacketSize=65536)
+    bp = reactor.listenUDP(0, backend, interface="127.0.0.1", maxPacketSize=65536)
+    bp.connect("127.0.0.1", args.connect)
+    for p in (fp, bp):  # the same buffers as the splice relay gets
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            p.socket.setsockopt(socket.SOL_SOCKET, opt, RELAY_BUFFER)
+    reactor.callWhenRunning(lambda: print("READY", flush=True))
+    reactor.run()
+
+
+def spliceRelay(args):
+    from twisted.internet import reactor
+
+    from splicing.udp import UDPRelayService
+
+    service = UDPRelayService(
+        "udp:%d:interface=127.0.0.1" % args.listen, "udp:127.0.0.1:%d" % args.connect,
+        reactor=reactor, socketBuffer=RELAY_BUFFER,
+    )
+    service.startService()
+    reactor.callWhenRunning(lambda: print("READY", flush=True))
+    reactor.run()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="benchmarks._udpload")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("recv")
+    r.add_argument("--port", type=int, default=0)
+    s = sub.add_parser("send")
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--size", type=int, default=64)
+    s.add_argument("--seconds", type=float, default=2.0)
+    s.add_argument("--rate", type=float, default=0.0, help="datagrams/s (0: unpaced)")
+    for name in ("twisted-relay", "splice-relay"):
+        p = sub.add_parser(name)
+        p.add_argument("--listen", type=int, required=True)
+        p.add_argument("--connect", type=int, required=True)
+    args = parser.parse_args(argv)
+    {"recv": recv, "send": send, "twisted-relay": twistedRelay, "splice-relay": spliceRelay}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""
+The UDP relay behind C{twistd splice udp}: many clients at once, one
+session per client address (L{splicing.udpsession}), each spliced both
+ways, ended after an idle timeout, capped in number.
+
+Descriptions use Twisted's endpoint-string syntax (C{prefix:arg:key=value},
+a backslash escapes the next character, so IPv6 addresses are written with
+C{\\:}):
+
+  - listen: C{udp:PORT[:interface=ADDR]} (or C{udp:port=PORT...}); the
+    interface defaults to C{0.0.0.0}; C{::} listens on IPv6 and, unless the
+    system says otherwise, on IPv4-mapped addresses too;
+  - connect: C{udp:host=HOST:port=PORT}, or positionally C{udp:HOST:PORT}
+    as Twisted's C{tcp:} client strings allow.  A host name is resolved
+    once, when the service starts.
+"""
+
+import socket
+
+from twisted.application import service
+from twisted.internet import abstract, defer, protocol
+from twisted.logger import Logger
+
+from splicing.udpsession import ReusePort, Session
+
+__all__ = ["UDPRelayService", "parseUDPListen", "parseUDPConnect"]
+
+_IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+
+
+def _split(description):
+    """C{prefix:a:b=c} -> (prefix, [args], {kwargs}), honouring backslash escapes."""
+    parts, cur, chars = [], [], iter(description)
+    for ch in chars:
+        if ch == "\\":
+            nxt = next(chars, None)
+            if nxt is None:
+                raise ValueError("%r ends with a lone backslash" % (description,))
+            cur.append(nxt)
+        elif ch == ":":
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    args, kwargs = [], {}
+    for part in parts[1:]:
+        key, eq, value = part.partition("=")
+        if eq:
+            if key in kwargs:
+                raise ValueError("%r gives %r twice" % (description, key))
+            kwargs[key] = value
+        else:
+            args.append(part)
+    return parts[0], args, kwargs
+
+
+def _fields(description, what, names):
+    if not isinstance(description, str):
+        raise ValueError("a UDP %s description must be a string, not %r" % (what, description))
+    prefix, args, kwargs = _split(description)
+    if prefix != "udp":
+        raise ValueError("UDP %s description %r: the prefix must be 'udp', not %r" % (what, description, prefix))
+    if len(args) > len(names):
+        raise ValueError(
+            "UDP %s description %r: too many positional parts %r (expected %s)"
+            % (what, description, args[len(names):], ":".join(names))
+        )
+    values = dict(zip(names, args))
+    for key, value in kwargs.items():
+        if key not in names and not (what == "listen" and key == "interface"):
+            raise ValueError("UDP %s description %r: unknown parameter %r" % (what, description, key))
+        if key in values:
+            raise ValueError("UDP %s description %r: %r given twice" % (what, description, key))
+        values[key] = value
+    return values
+
+
+def _port(description, what, value, lowest):
+    if value is None or value == "":
+        raise ValueError("UDP %s description %r: the port is missing" % (what, description))
+    try:
+        port = int(value, 10)
+    except ValueError:
+        raise ValueError("UDP %s description %r: port %r is not a number" % (what, description, value)) from None
+    if not lowest <= port <= 65535:
+        raise ValueError("UDP %s description %r: port %d is outside %d-65535" % (what, description, port, lowest))
+    return port
+
+
+def _isIP(host):
+    return abstract.isIPAddress(host) or abstract.isIPv6Address(host)
+
+
+def parseUDPListen(description):
+    """C{udp:PORT[:interface=ADDR]} -> (interface, port).  Raises ValueError."""
+    values = _fields(description, "listen", ("port",))
+    port = _port(description, "listen", values.get("port"), 0)
+    interface = values.get("interface", "0.0.0.0") or "0.0.0.0"
+    if not _isIP(interface):
+        raise ValueError(
+            "UDP listen description %r: interface %r is not an IPv4 or IPv6 address "
+            "(write ':' in IPv6 addresses as '\\:')" % (description, interface)
+        )
+    return interface, port
+
+
+def parseUDPConnect(description):
+    """C{udp:host=H:port=P} or C{udp:H:P} -> (host, port).  Raises ValueError."""
+    values = _fields(description, "connect", ("host", "port"))
+    host = values.get("host")
+    if not host:
+        raise ValueError("UDP connect description %r: the host is missing" % (description,))
+    if not _isIP(host) and (any(c.isspace() or c in "/[]" for c in host) or ":" in host):
+        raise ValueError("UDP connect description %r: host %r is not an address or a name" % (description, host))
+    return host, _port(description, "connect", values.get("port"), 1)
+
+
+class _ListenPort(ReusePort):
+    """
+    The listening socket.  It reads with C{recvmsg} to learn, with
+    C{IP_PKTINFO}, which local address a client sent to (a wildcard listen
+    has many), so that its session answers from that address.
+    """
+
+    def createInternetSocket(self):
+        s = ReusePort.createInternetSocket(self)
+        if self.addressFamily == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        else:
+            s.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
+        return s
+
+    def doRead(self):
+        relay = self.protocol.relay
+        bound = self.socket.getsockname()
+        for _ in range(self.maxThroughput // 64):  # bounded: fair to other sockets
+            try:
+                data, anc, _, addr = self.socket.recvmsg(65536, 256)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # an ICMP error from an earlier reply: not the listener's
+            local = bound[0]
+            for level, kind, value in anc:
+                if level == socket.IPPROTO_IP and kind == _IP_PKTINFO and len(value) >= 12:
+                    local = socket.inet_ntop(socket.AF_INET, value[8:12])
+                elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(value) >= 16:
+                    local = socket.inet_ntop(socket.AF_INET6, value[:16])
+            try:
+                relay.dispatch(data, addr, (local, bound[1]))
+            except Exception:
+                relay.log.failure("UDP relay: dispatching a datagram failed")
+
+
+class _Listener(protocol.DatagramProtocol):
+    def __init__(self, relay):
+        self.relay = relay
+
+
+class UDPRelayService(service.Service):
+    """
+    Relay datagrams from clients of C{listen} to the backend C{connect}.
+
+    Counters (monotonic unless noted), for an exporter: C{sessions} (current,
+    a gauge), C{sessionsTotal}, C{dropped} (datagrams of new clients over
+    C{maxSessions}), C{lost} (datagrams a full socket or an ended session
+    refused in user land), C{userland} (datagrams forwarded outside the
+    splices), C{datagramsOut}/C{bytesOut} (clients to backend, "out" as in
+    the TCP relay's logs) and C{datagramsIn}/C{bytesIn} (backend to clients).
+    """
+
+    log = Logger()
+
+    def __init__(self, listen, connect, idle=60.0, maxSessions=10000, reactor=None, socketBuffer=None):
+        self.listenAt = parseUDPListen(listen)
+        self.connectTo = parseUDPConnect(connect)
+        if idle is None or not idle > 0:
+            raise ValueError("idle must be a positive number of seconds, not %r" % (idle,))
+        if isinstance(maxSessions, bool) or not isinstance(maxSessions, int) or maxSessions < 0:
+            raise ValueError("maxSessions must be a non-negative integer, not %r" % (maxSessions,))
+        self.idle = float(idle)
+        self.maxSessions = maxSessions
+        self.socketBuffer = socketBuffer
+        self._reactor = reactor
+        self.port = None
+        self.backend = None
+        self._sessions = {}
+        self.sessionsTotal = 0
+        self.dropped = 0
+        self.lost = 0
+        self._ended = {"datagramsIn": 0, "bytesIn": 0, "datagramsOut": 0, "bytesOut": 0, "userland": 0}
+
+    @property
+    def reactor(self):
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        return self._reactor
+
+    # -- the service
+
+    def startService(self):
+        host, port = self.connectTo
+        if not _isIP(host):  # resolved once, here (a relay follows no DNS changes)
+            info = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)
+            host = info[0][4][0]
+        self.backend = (host, port)
+        interface, lport = self.listenAt
+        p = _ListenPort(lport, _Listener(self), interface, 65536, self.reactor)
+        p.socketBuffer = self.socketBuffer
+        p.startListening()
+        self.port = p
+        service.Service.startService(self)
+        self.log.info(
+            "UDP relay on {listen} to {backend} (idle {idle} s, at most {maxSessions} sessions)",
+            listen="%s:%d" % (interface, p.getHost().port),
+            backend="%s:%d" % self.backend,
+            idle=self.idle,
+            maxSessions=self.maxSessions,
+        )
+
+    def stopService(self):
+        service.Service.stopService(self)
+        for session in list(self._sessions.values()):
+            session.end("shutdown")
+        port, self.port = self.port, None
+        return defer.maybeDeferred(port.stopListening) if port is not None else None
+
+    # -- datagrams from clients
+
+    def dispatch(self, data, client, local):
+        """A datagram that reached a socket of the relay outside any splice."""
+        key = tuple(client[:2])
+        session = self._sessions.get(key)
+        if session is None:
+            if self.port is None:
+                return
+            if len(self._sessions) >= self.maxSessions:
+                self.dropped += 1
+                return
+            try:
+                session = Session(self, client, local, self.backend, self.reactor)
+            except OSError as e:
+                self.lost += 1
+                self.log.warn("UDP relay: no session for {client}: {error}", client="%s:%d" % key, error=e)
+                return
+            self._sessions[key] = session
+            self.sessionsTotal += 1
+            session.forward(data)
+            session.start()
+        else:
+            session.forward(data)
+
+    def sessionEnded(self, session):
+        if self._sessions.get(session.clientKey) is session:
+            del self._sessions[session.clientKey]
+        e = self._ended
+        e["datagramsIn"] += session.datagramsIn
+        e["bytesIn"] += session.bytesIn
+        e["datagramsOut"] += session.datagramsOut
+        e["bytesOut"] += session.bytesOut
+        e["userland"] += session.userland
+
+    # -- counters
+
+    @property
+    def sessions(self):
+        return len(self._sessions)
+
+    def _sum(self, name):
+        return self._ended[name] + sum(getattr(s, name) for s in self._sessions.values())
+
+    datagramsIn = property(lambda self: self._sum("datagramsIn"))
+    bytesIn = property(lambda self: self._sum("bytesIn"))
+    datagramsOut = property(lambda self: self._sum("datagramsOut"))
+    bytesOut = property(lambda self: self._sum("bytesOut"))
+
+    @property
+    def userland(self):
+        live = sum(s.userland for s in self._sessions.values())
+        return self._ended["userland"] + live
+
+    def counters(self):
+        """All counters at once, as a dict (for an exporter or a status page)."""
+        names = ("sessions", "sessionsTotal", "dropped", "lost", "userland",
+                 "datagramsIn", "bytesIn", "datagramsOut", "bytesOut")
+        return {name: getattr(self, name) for name in names}

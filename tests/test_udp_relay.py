@@ -1,0 +1,373 @@
+"""
+The UDP relay (splicing.udp): per-client sessions over real sockets on
+127.0.0.1 and ::1, in this process.  Clients are Twisted UDP ports that
+record what comes back; the backend is an echo that prefixes each reply
+with nothing but the payload, so every client can check that exactly its
+own datagrams came back, whole and in order.
+"""
+
+import os
+import socket
+
+import pytest
+import pytest_twisted
+from twisted.internet import protocol, reactor
+from twisted.logger import globalLogPublisher
+
+import harness
+from harness import HOSTS, sleep, wait_until
+
+IDLE = 0.4
+
+
+class Echo(protocol.DatagramProtocol):
+    def __init__(self):
+        self.sources = set()
+        self.count = 0
+
+    def datagramReceived(self, data, addr):
+        self.sources.add(addr)
+        self.count += 1
+        self.transport.write(data, addr)
+
+
+class Client(protocol.DatagramProtocol):
+    def __init__(self):
+        self.replies = []
+
+    def datagramReceived(self, data, addr):
+        self.replies.append(data)
+
+
+def udp(net, family, proto):
+    port = reactor.listenUDP(0, proto, interface=HOSTS[family], maxPacketSize=65536)
+    net.ports.append(port)
+    # Bursts of hundreds of datagrams must not overflow a default 208 KiB
+    # receive buffer in the test's own endpoints (that is not the relay's loss).
+    harness.set_bufs(port.socket, 1 << 20, 1 << 20)
+    return port
+
+
+def esc(host):
+    return host.replace(":", "\\:")
+
+
+async def relay(net, fam_listen=4, fam_back=4, listen=None, **kw):
+    from splicing.udp import UDPRelayService
+
+    echo = Echo()
+    back = udp(net, fam_back, echo)
+    listen = listen or HOSTS[fam_listen]
+    svc = UDPRelayService(
+        "udp:0:interface=%s" % esc(listen),
+        "udp:host=%s:port=%d" % (esc(HOSTS[fam_back]), back.getHost().port),
+        reactor=reactor, **kw,
+    )
+    svc.startService()
+    net.ports.append(_Stopper(svc))
+    return svc, echo
+
+
+class _Stopper:
+    """Lets the fixture's teardown stop the service like a port."""
+
+    def __init__(self, svc):
+        self.svc = svc
+
+    def stopListening(self):
+        if self.svc.running:
+            return self.svc.stopService()
+
+
+def client(net, svc, family=4, host=None):
+    c = Client()
+    port = udp(net, family, c)
+    port.connect(host or HOSTS[family], svc.port.getHost().port)
+    return c, port
+
+
+def payload(i, k, size=32):
+    head = b"%05d/%03d:" % (i, k)
+    return (head + b"." * size)[: max(size, len(head))]
+
+
+def fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+class SessionLog:
+    def __init__(self):
+        self.events = []
+
+    def __call__(self, event):
+        if event.get("log_format", "").startswith("udp session ended"):
+            self.events.append(event)
+
+    def __enter__(self):
+        globalLogPublisher.addObserver(self)
+        return self
+
+    def __exit__(self, *exc):
+        globalLogPublisher.removeObserver(self)
+
+
+# ---------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_many_clients_each_get_their_own_replies(net):
+    """
+    200 clients, each sending 3 datagrams back to back before any session
+    exists (the race between setup and the first datagrams), then 2 more:
+    every client gets exactly its own 5 replies, in order.
+    """
+    svc, echo = await relay(net, idle=5.0, socketBuffer=1 << 20)
+    clients = [client(net, svc) for _ in range(200)]
+    for i, (c, port) in enumerate(clients):
+        for k in range(3):
+            port.write(payload(i, k))
+        if i % 50 == 49:
+            await sleep(0)
+    await wait_until(lambda: all(len(c.replies) >= 3 for c, _ in clients), what="first replies")
+    for i, (c, port) in enumerate(clients):
+        for k in range(3, 5):
+            port.write(payload(i, k))
+    await wait_until(lambda: all(len(c.replies) >= 5 for c, _ in clients), what="all replies")
+    await sleep(0.05)
+    for i, (c, _) in enumerate(clients):
+        assert c.replies == [payload(i, k) for k in range(5)], i
+    assert svc.sessions == 200 and svc.sessionsTotal == 200 and svc.dropped == 0 and svc.lost == 0
+    assert len(echo.sources) == 200  # one backend socket per client
+    assert svc.datagramsOut == svc.datagramsIn == 1000
+    assert svc.bytesOut == svc.bytesIn == sum(len(payload(i, k)) for i in range(200) for k in range(5))
+    # The later datagrams came through the splices, not the listening socket.
+    assert svc.userland < 1000
+    assert sum(s.up.length for s in svc._sessions.values()) > 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_before_the_session_exists_is_not_lost(net):
+    svc, echo = await relay(net, idle=5.0, socketBuffer=1 << 20)
+    c, port = client(net, svc)
+    sent = [payload(0, k, size=k * 7) for k in range(100)] + [b""]
+    for d in sent:
+        port.write(d)
+    await wait_until(lambda: len(c.replies) >= len(sent), what="echoes")
+    await sleep(0.05)
+    assert c.replies == sent
+    assert svc.sessionsTotal == 1 and svc.lost == 0
+
+
+def test_kernel_prefers_the_connected_socket():
+    """
+    The layout the relay relies on, checked on this kernel: a socket bound to
+    the listening address (SO_REUSEADDR) and connected to one client gets
+    that client's datagrams; the listening socket gets everyone else's.
+    """
+    for family in (4, 6):
+        af = socket.AF_INET if family == 4 else socket.AF_INET6
+        host = HOSTS[family]
+        listener = socket.socket(af, socket.SOCK_DGRAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, 0))
+        addr = listener.getsockname()[:2]
+        a = socket.socket(af, socket.SOCK_DGRAM)
+        a.bind((host, 0))
+        b = socket.socket(af, socket.SOCK_DGRAM)
+        b.bind((host, 0))
+        session = socket.socket(af, socket.SOCK_DGRAM)
+        session.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        session.bind(addr)
+        session.connect(a.getsockname()[:2])
+        for s in (listener, session):
+            s.settimeout(2)
+        for k in range(20):
+            a.sendto(b"a%d" % k, addr)
+            b.sendto(b"b%d" % k, addr)
+        assert [session.recv(100) for _ in range(20)] == [b"a%d" % k for k in range(20)]
+        assert [listener.recv(100) for _ in range(20)] == [b"b%d" % k for k in range(20)]
+        session.send(b"reply")
+        a.settimeout(2)
+        data, src = a.recvfrom(100)
+        assert data == b"reply" and src[:2] == addr  # the reply leaves from the listening address
+        for s in (listener, a, b, session):
+            s.close()
+
+
+@pytest.mark.parametrize("fam_listen,fam_back", [(4, 6), (6, 4), (6, 6)], ids=["4to6", "6to4", "6to6"])
+@pytest_twisted.ensureDeferred
+async def test_families_mix(net, fam_listen, fam_back):
+    svc, echo = await relay(net, fam_listen, fam_back, idle=5.0)
+    clients = [client(net, svc, fam_listen) for _ in range(5)]
+    for i, (_, port) in enumerate(clients):
+        port.write(payload(i, 0))
+        port.write(payload(i, 1))
+    await wait_until(lambda: all(len(c.replies) == 2 for c, _ in clients), what="replies")
+    for i, (c, _) in enumerate(clients):
+        assert c.replies == [payload(i, 0), payload(i, 1)]
+    fam = socket.AF_INET6 if fam_back == 6 else socket.AF_INET
+    assert all(s.back.socket.family == fam for s in svc._sessions.values())
+
+
+@pytest_twisted.ensureDeferred
+async def test_dual_stack_wildcard_answers_from_the_address_used(net):
+    """Listening on :: : an IPv4 client (v4-mapped) and an IPv6 one, each answered from where it sent."""
+    svc, echo = await relay(net, listen="::", fam_back=4, idle=5.0)
+    port = svc.port.getHost().port
+    got = {}
+    for family in (4, 6):
+        c = Client()
+        p = udp(net, family, c)
+        p.connect(HOSTS[family], port)
+        p.write(b"hello %d" % family)
+        got[family] = (c, p)
+    await wait_until(lambda: all(c.replies for c, _ in got.values()), what="replies")
+    for family, (c, _) in got.items():
+        assert c.replies == [b"hello %d" % family]
+    locals_ = sorted(s.local[0] for s in svc._sessions.values())
+    assert locals_ == sorted(["::1", "::ffff:127.0.0.1"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_idle_sessions_end_and_release_their_sockets(net):
+    svc, echo = await relay(net, idle=IDLE)
+    await sleep(0.05)
+    base = fds()
+    clients = [client(net, svc) for _ in range(20)]
+    with_clients = fds()
+    with SessionLog() as log:
+        for i, (_, port) in enumerate(clients):
+            port.write(payload(i, 0))
+        await wait_until(lambda: all(c.replies for c, _ in clients), what="replies")
+        assert svc.sessions == 20
+        assert fds() == with_clients + 40  # a front and a back socket per session
+        # A session kept busy outlives the idle time; the others end.
+        busy = clients[0][1]
+        for _ in range(8):
+            busy.write(b"ping")
+            await sleep(IDLE / 4)
+        assert svc.sessions == 1
+        await wait_until(lambda: svc.sessions == 0, timeout=IDLE * 4, what="the busy session to end too")
+        await wait_until(lambda: fds() == with_clients, timeout=2, what="sockets closed")
+    assert with_clients - base == 20
+    assert len(log.events) == 20
+    e = next(e for e in log.events if e["client"].endswith(":%d" % clients[1][1].getHost().port))
+    assert e["how"] == "idle" and e["path"] == "mbuf"
+    assert (e["datagrams_out"], e["bytes_out"], e["datagrams_in"], e["bytes_in"]) == (1, 32, 1, 32)
+    assert IDLE <= e["duration"] < IDLE * 3
+    assert e["backend"] == "127.0.0.1:%d" % svc.backend[1]
+    busyEvent = next(e for e in log.events if e["client"].endswith(":%d" % clients[0][1].getHost().port))
+    assert busyEvent["datagrams_out"] == 9 and busyEvent["duration"] >= 8 * IDLE / 4
+    assert svc.sessionsTotal == 20 and svc.datagramsOut == 28 and svc.datagramsIn == 28
+
+
+@pytest_twisted.ensureDeferred
+async def test_session_cap_drops_and_counts_new_clients(net):
+    svc, echo = await relay(net, idle=IDLE, maxSessions=5)
+    clients = [client(net, svc) for _ in range(8)]
+    for i, (_, port) in enumerate(clients):
+        port.write(payload(i, 0))
+        await sleep(0.01)
+    await wait_until(lambda: sum(bool(c.replies) for c, _ in clients) == 5, what="5 served")
+    await sleep(0.1)
+    assert [bool(c.replies) for c, _ in clients] == [True] * 5 + [False] * 3
+    assert svc.sessions == 5 and svc.dropped == 3
+    for i, (_, port) in enumerate(clients[5:], 5):  # still over the cap: dropped again
+        port.write(payload(i, 1))
+    await sleep(0.1)
+    assert svc.dropped == 6
+    await wait_until(lambda: svc.sessions == 0, timeout=IDLE * 4, what="sessions to expire")
+    late, port = clients[7]
+    port.write(payload(7, 2))
+    await wait_until(lambda: late.replies == [payload(7, 2)], what="a new client served after expiry")
+
+
+@pytest_twisted.ensureDeferred
+async def test_backend_down_ends_the_session_not_the_relay(net):
+    from splicing.udp import UDPRelayService
+
+    dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dead.bind(("127.0.0.1", 0))
+    deadPort = dead.getsockname()[1]
+    dead.close()  # nothing listens there: ICMP port unreachable
+    svc = UDPRelayService("udp:0:interface=127.0.0.1", "udp:127.0.0.1:%d" % deadPort, idle=5.0)
+    svc.startService()
+    net.ports.append(_Stopper(svc))
+    with SessionLog() as log:
+        c, port = client(net, svc)
+        port.write(b"anyone?")
+        await wait_until(lambda: log.events, what="the session to end")
+    assert log.events[0]["how"] == "error: ECONNREFUSED"
+    assert svc.sessions == 0 and svc.running
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_service_closes_everything(net):
+    before = fds()
+    svc, echo = await relay(net, idle=5.0)
+    clients = [client(net, svc) for _ in range(10)]
+    for i, (_, port) in enumerate(clients):
+        port.write(payload(i, 0))
+    await wait_until(lambda: all(c.replies for c, _ in clients), what="replies")
+    with SessionLog() as log:
+        await svc.stopService()
+    assert svc.sessions == 0 and {e["how"] for e in log.events} == {"shutdown"} and len(log.events) == 10
+    # Only the clients' and the backend's ports are left.
+    await wait_until(lambda: fds() == before + 11, timeout=2, what="relay sockets closed")
+
+
+# ---------------------------------------------------------------------------
+# Descriptions
+
+
+def test_parse_listen():
+    from splicing.udp import parseUDPListen
+
+    assert parseUDPListen("udp:5353") == ("0.0.0.0", 5353)
+    assert parseUDPListen("udp:5353:interface=\\:\\:1") == ("::1", 5353)
+    assert parseUDPListen("udp:port=0:interface=127.0.0.1") == ("127.0.0.1", 0)
+    assert parseUDPListen("udp:interface=\\:\\::53") == ("::", 53)
+    for bad, part in [
+        ("tcp:53", "'tcp'"),
+        ("udp:", "port is missing"),
+        ("udp:fiftythree", "'fiftythree'"),
+        ("udp:70000", "70000"),
+        ("udp:53:interface=localhost", "'localhost'"),
+        ("udp:53:interface=::1", "interface"),  # unescaped colons split the address
+        ("udp:53:bogus=1", "'bogus'"),
+        ("udp:53:port=54", "'port' given twice"),
+        ("udp:53\\", "backslash"),
+    ]:
+        with pytest.raises(ValueError) as info:
+            parseUDPListen(bad)
+        assert part in str(info.value), (bad, str(info.value))
+
+
+def test_parse_connect():
+    from splicing.udp import parseUDPConnect
+
+    assert parseUDPConnect("udp:host=127.0.0.1:port=53") == ("127.0.0.1", 53)
+    assert parseUDPConnect("udp:10.0.0.1:53") == ("10.0.0.1", 53)
+    assert parseUDPConnect("udp:host=\\:\\:1:port=53") == ("::1", 53)
+    assert parseUDPConnect("udp:\\:\\:1:53") == ("::1", 53)
+    assert parseUDPConnect("udp:dns.example:53") == ("dns.example", 53)
+    for bad, part in [
+        ("udp:port=53", "host is missing"),
+        ("udp:host=h", "port is missing"),
+        ("udp:h:0", "port 0"),
+        ("udp:h:53:x", "too many"),
+        ("udp:host=h:port=53:interface=1.2.3.4", "'interface'"),
+        ("tls:h:53", "'tls'"),
+        ("udp:h/x:53", "'h/x'"),
+    ]:
+        with pytest.raises(ValueError) as info:
+            parseUDPConnect(bad)
+        assert part in str(info.value), (bad, str(info.value))
+
+
+def test_service_arguments_are_checked():
+    from splicing.udp import UDPRelayService
+
+    for kw in ({"idle": 0}, {"idle": -1}, {"maxSessions": -1}, {"maxSessions": 1.5}):
+        with pytest.raises(ValueError):
+            UDPRelayService("udp:0", "udp:127.0.0.1:53", **kw)
