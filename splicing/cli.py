@@ -56,26 +56,17 @@ class _Shared(usage.Options):
             _checkServer("metrics", self["metrics"])
 
 
-class TCPOptions(_Shared):
-    synopsis = "--listen ENDPOINT [--listen ...] [--connect ENDPOINT ...] [options]"
-    longdesc = (
-        "Relay TCP connections from every --listen endpoint to the --connect "
-        "endpoints (round-robin with failover), splicing both directions. Without "
-        "--connect a local demo web site is started and used as the backend."
-    )
+class _StreamOptions(_Shared):
+    """What every stream relay (tcp, http) takes: endpoints, --allow, paths, limits."""
+
     optFlags = [["no-splice", None, "Force the user-land path (no kernel splicing)."]]
     optParameters = [
-        ["idle", None, 600.0, "End a session after this many seconds without a byte either way (0: never).",
-         _number("idle")],
-        ["half-close-timeout", None, 0.0, "End a half-closed session after this many seconds (0: only --idle).",
-         _number("half-close-timeout")],
         ["connect-timeout", None, 10.0, "Seconds a backend connect may take before the next is tried.",
          _number("connect-timeout")],
         ["max-sessions", None, 0, "Concurrent sessions; more clients wait in the listen backlog (0: no cap).",
          _number("max-sessions", int)],
         ["shutdown-timeout", None, 30.0, "On SIGTERM, seconds running sessions may take to finish.",
          _number("shutdown-timeout")],
-        ["send-proxy", None, None, "Send a PROXY protocol header (v1 or v2) to the backend."],
         ["backend", None, "auto", "Splice path: auto, kernel, mbuf or transport."],
     ]
 
@@ -95,8 +86,6 @@ class TCPOptions(_Shared):
                 raise usage.UsageError("--no-splice contradicts --backend kernel")
             if self["backend"] == "auto":
                 self["backend"] = "mbuf"
-        if self["send-proxy"] is not None and self["send-proxy"] not in proxyheader.VERSIONS:
-            raise usage.UsageError("--send-proxy must be v1 or v2, not %r" % (self["send-proxy"],))
         for network in self["allow"]:
             try:
                 parseNetwork(network)
@@ -109,6 +98,92 @@ class TCPOptions(_Shared):
         for description in self["connect"]:
             _checkClient("connect", description)
         self._checkMetrics()
+
+
+class TCPOptions(_StreamOptions):
+    synopsis = "--listen ENDPOINT [--listen ...] [--connect ENDPOINT ...] [options]"
+    longdesc = (
+        "Relay TCP connections from every --listen endpoint to the --connect "
+        "endpoints (round-robin with failover), splicing both directions. Without "
+        "--connect a local demo web site is started and used as the backend."
+    )
+    optParameters = [
+        ["idle", None, 600.0, "End a session after this many seconds without a byte either way (0: never).",
+         _number("idle")],
+        ["half-close-timeout", None, 0.0, "End a half-closed session after this many seconds (0: only --idle).",
+         _number("half-close-timeout")],
+        ["send-proxy", None, None, "Send a PROXY protocol header (v1 or v2) to the backend."],
+    ]
+
+    def postOptions(self):
+        _StreamOptions.postOptions(self)
+        if self["send-proxy"] is not None and self["send-proxy"] not in proxyheader.VERSIONS:
+            raise usage.UsageError("--send-proxy must be v1 or v2, not %r" % (self["send-proxy"],))
+
+
+class HTTPOptions(_StreamOptions):
+    synopsis = "--listen ENDPOINT [--connect ENDPOINT ...] [--rules FILE] [options]"
+    longdesc = (
+        "An HTTP-filtering proxy: request and response heads are parsed strictly and "
+        "filtered in user land (relayd rules), bodies are spliced. Without --connect a "
+        "local demo web site is the backend."
+    )
+    optFlags = [
+        ["websockets", None, "Allow protocol upgrades (WebSocket); refused with 403 otherwise."],
+        ["connect-method", None, "Allow CONNECT tunnels; refused with 403 otherwise."],
+    ]
+    optParameters = [
+        ["rules", None, None, "A file of relayd 'protocol http' filter rules."],
+        ["header-limit", None, 8192, "Largest request or response head in bytes (at most 131072).",
+         _number("header-limit", int, 256)],
+        ["max-header-lines", None, 100, "Most header lines in a head.", _number("max-header-lines", int, 1)],
+        ["header-timeout", None, 10.0, "Seconds a request head may take to arrive (408 after).",
+         _number("header-timeout")],
+        ["backend-timeout", None, 60.0, "Seconds the backend may take to answer (504 after).",
+         _number("backend-timeout")],
+    ]
+
+    def __init__(self):
+        _StreamOptions.__init__(self)
+        for key in ("group", "block-path", "set-header", "remove-header",
+                    "set-response-header", "remove-response-header"):
+            self[key] = []
+
+    opt_group = _repeatable("group", "A named backend for rules' 'forward to <NAME>': NAME=ENDPOINT (repeatable).")
+    opt_block_path = _repeatable("block-path", "Refuse requests whose path matches this glob (repeatable).")
+    opt_set_header = _repeatable("set-header", "Set a request header: 'Name: value' (repeatable).")
+    opt_remove_header = _repeatable("remove-header", "Remove a request header (repeatable).")
+    opt_set_response_header = _repeatable("set-response-header", "Set a response header: 'Name: value'.")
+    opt_remove_response_header = _repeatable("remove-response-header", "Remove a response header (repeatable).")
+
+    def postOptions(self):
+        from splicing.http.rules import RuleError, parseRules, shorthandRules
+
+        _StreamOptions.postOptions(self)
+        if self["header-limit"] > 131072:
+            raise usage.UsageError("--header-limit may be at most 131072, not %d" % (self["header-limit"],))
+        groups = {}
+        for entry in self["group"]:
+            name, eq, description = entry.partition("=")
+            if not eq or not name:
+                raise usage.UsageError("--group %s: expected NAME=ENDPOINT" % (entry,))
+            _checkClient("group", description)
+            groups.setdefault(name, []).append(description)
+        self["groups"] = groups
+        try:
+            rules = shorthandRules(self["block-path"], self["set-header"], self["remove-header"],
+                                   self["set-response-header"], self["remove-response-header"])
+            if self["rules"] is not None:
+                try:
+                    with open(self["rules"]) as f:
+                        text = f.read()
+                except OSError as e:
+                    raise usage.UsageError("--rules %s: %s" % (self["rules"], e.strerror))
+                rules = parseRules(text, self["rules"]) + rules
+            rules.checkGroups(list(groups))
+        except RuleError as e:
+            raise usage.UsageError(str(e))
+        self["ruleset"] = rules if len(rules) or rules.returnError else None
 
 
 class UDPOptions(_Shared):
@@ -157,7 +232,7 @@ def _checkClient(option, description):
 
 
 class Options(usage.Options):
-    synopsis = "tcp|udp [options] | --config FILE"
+    synopsis = "tcp|udp|http [options] | --config FILE"
     longdesc = "Spliced relays. See docs/usage.md, or 'twistd splice tcp --help'."
     optParameters = [["config", "c", None, "A TOML file of relays (reloaded on SIGHUP)."]]
 
@@ -176,7 +251,7 @@ class Options(usage.Options):
             except configfile.ConfigError as e:
                 raise usage.UsageError(str(e))
         elif self.subCommand is None:
-            raise usage.UsageError("choose a relay: tcp or udp (see --help), or --config FILE")
+            raise usage.UsageError("choose a relay: tcp, udp or http (see --help), or --config FILE")
         else:
             relay = configfile.Relay(self.subCommand, None, self.subOptions)
             self["relays"] = configfile.Config({self.subCommand: relay}, self.subOptions["metrics"])
@@ -224,6 +299,47 @@ def _tcpService(name, options, metrics, reactor):
     return relay
 
 
+def _backends(reactor, options, descriptions):
+    from splicing.balance import Balancer, Target, clientFromString
+
+    targets = [Target(clientFromString(reactor, c), c) for c in descriptions]
+    return Balancer(targets, reactor, timeout=options["connect-timeout"])
+
+
+def _httpService(name, options, metrics, reactor):
+    from splicing.demo import DemoOrigin
+    from splicing.http.proxy import HTTPProxyFactory
+    from splicing.service import RelayService
+
+    origin = None
+    if options["connect"]:
+        default = [_backends(reactor, options, options["connect"])]
+    else:
+        origin = DemoOrigin(reactor)
+        default = [_DemoEndpoint(reactor, origin)]
+    factory = HTTPProxyFactory(
+        default,
+        groups={g: [_backends(reactor, options, d)] for g, d in options["groups"].items()},
+        rules=options["ruleset"],
+        backendPath=options["backend"],
+        headerLimit=options["header-limit"],
+        maxHeaderLines=options["max-header-lines"],
+        headerTimeout=options["header-timeout"],
+        backendTimeout=options["backend-timeout"],
+        allowUpgrade=options["websockets"],
+        allowConnect=options["connect-method"],
+        allow=options["allow"],
+        maxSessions=options["max-sessions"],
+        name=name,
+        reactor=reactor,
+    )
+    relay = RelayService(options["listen"], factory, hint="curl http://{host}:{port}/", reactor=reactor,
+                         shutdownTimeout=options["shutdown-timeout"])
+    if origin is not None:
+        origin.setServiceParent(relay)
+    return relay
+
+
 def _udpService(name, options, metrics, reactor):
     from splicing.udp import UDPRelayService
 
@@ -235,6 +351,7 @@ def _udpService(name, options, metrics, reactor):
 #: builder (name, options, metrics, reactor) -> IService, description).
 RELAYS = {
     "tcp": (TCPOptions, _tcpService, "A TCP relay."),
+    "http": (HTTPOptions, _httpService, "An HTTP-filtering proxy (relayd rules, bodies spliced)."),
     "udp": (UDPOptions, _udpService, "A UDP relay."),
 }
 

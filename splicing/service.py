@@ -5,13 +5,36 @@ L{ConfigService} (the relays of a TOML file, reloaded on SIGHUP) and
 L{makeService} (what C{twistd splice} runs).
 """
 
+import atexit
+import os
 import signal
+import sys
 
 from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
 from splicing.access import formatAddress
+
+
+def _exitNow():
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def exitWithFailure():
+    """
+    Make the process exit with status 1 once twistd has shut down cleanly.
+
+    twistd offers a service no way to set its exit status, and a relay that
+    could not listen must not look like a success to its supervisor: the
+    exit happens at interpreter exit, after twistd removed its pid file and
+    stopped logging.
+    """
+    if not getattr(exitWithFailure, "armed", False):
+        exitWithFailure.armed = True
+        atexit.register(_exitNow)
 
 
 class ListeningService(service.MultiService):
@@ -54,6 +77,11 @@ class ListeningService(service.MultiService):
     def _failed(self, reason, description):
         self.log.critical("cannot listen on {description}: {error}", description=description,
                           error=reason.getErrorMessage())
+        exitWithFailure()
+        # from the loop, which may not be running yet (failures at start-up)
+        self.reactor.callLater(0, self._stopReactor)
+
+    def _stopReactor(self):
         if self.reactor.running:
             self.reactor.stop()
 

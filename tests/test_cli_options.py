@@ -23,7 +23,11 @@ BAD_OPTIONS = {
     "listen": (["tcp", "--listen", "tcp:notaport"], "--listen tcp:notaport: "),
     "metrics": (["tcp", "--metrics", "nope:1"], "--metrics nope:1: "),
     "no-splice": (["tcp", "--no-splice", "--backend", "kernel"], "--no-splice contradicts --backend kernel"),
-    "nothing": ([], "choose a relay: tcp or udp"),
+    "nothing": ([], "choose a relay: tcp, udp or http"),
+    "http-header-limit": (["http", "--header-limit", "200000"], "--header-limit may be at most 131072, not 200000"),
+    "http-group": (["http", "--group", "nogroup"], "--group nogroup: expected NAME=ENDPOINT"),
+    "http-set-header": (["http", "--set-header", "NoColon"], "--set-header:1: expected 'Name: value'"),
+    "http-rules-missing": (["http", "--rules", "no-such-rules.txt"], "--rules no-such-rules.txt: No such file or directory"),
     "unknown": (["tcp", "--frobnicate"], "option --frobnicate not recognized"),
 }
 
@@ -81,6 +85,31 @@ def test_bad_config_file(results, name):
     line = _error_line(output)
     assert re.search(": " + re.escape(CONFIGS[name][1]), line), output
     assert "listening on" not in output and "Traceback" not in output
+
+
+def test_bad_rules_file_names_file_line_and_word(tmp_path):
+    (tmp_path / "rules.txt").write_text("# fine\nblock request path \"/a*\"\nblock request bogus\n")
+    status, output = procs.run_twistd(["http", "--rules", "rules.txt"], cwd=tmp_path)
+    assert status != 0
+    assert "rules.txt:3: unknown keyword (at 'bogus')" in _error_line(output), output
+    assert "listening on" not in output
+
+
+def test_address_in_use_exits_non_zero():
+    """A relay that cannot listen must not look like a success to its supervisor."""
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        port = busy.getsockname()[1]
+        status, output = procs.run_twistd(["tcp", "--listen", "tcp:%d:interface=127.0.0.1" % port,
+                                           "--connect", GOOD_CONNECT])
+    finally:
+        busy.close()
+    assert status == 1, output
+    assert "cannot listen on tcp:%d" % port in output
 
 
 def test_missing_config_file(results):

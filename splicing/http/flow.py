@@ -53,6 +53,7 @@ class Flow:
         self.copied = 0
         self._held = []
         self._out = []  # written before the destination existed
+        self._feeding = False
 
     # -- input
 
@@ -61,6 +62,15 @@ class Flow:
         if self.state in (WAIT, DONE) or self._held:
             self._hold(data)
             return
+        self._feeding = True
+        try:
+            self._feed(data)
+        finally:
+            self._feeding = False
+        if self.state == UNTIL_EOF and self.dst is not None and not self._held:
+            self._spliceBody(None)
+
+    def _feed(self, data):
         while data and self.splice is None and self.state not in (WAIT, DONE):
             if self.state != HEAD and self.dst is None:
                 break  # a body, and nowhere to move it yet: hold it
@@ -96,7 +106,8 @@ class Flow:
         out, self._out = self._out, []
         for data in out:
             dst.write(data)
-        self.resume()
+        if self.state != WAIT:
+            self.resume()
 
     def tunnel(self):
         """Everything from now on is one body until EOF (an upgrade, CONNECT)."""
@@ -153,7 +164,8 @@ class Flow:
             self.chunks = ChunkedReader()
         else:
             self.state = UNTIL_EOF
-            self._spliceBody(None)
+            if not self._feeding:  # else dataReceived writes what came with the head first
+                self._spliceBody(None)
 
     def _lengthData(self, data):
         take = data[: self.remaining]

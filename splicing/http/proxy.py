@@ -16,9 +16,11 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from splicing.access import AllowList
 from splicing.http.errors import HTTPError
 from splicing.http.flow import CHUNKED, DONE, LENGTH, UNTIL_EOF, Flow
 from splicing.http.head import errorResponse, parseRequestHead, parseResponseHead
+from splicing.sessions import SessionTable
 
 
 def _ruleBlock(status, label):
@@ -58,6 +60,13 @@ class HTTPProxyProtocol(Protocol):
     log = Logger()
 
     def connectionMade(self):
+        self.ended = False
+        self.backend = None
+        self.transport.pauseProducing()
+        self.factory.admit(self)
+
+    def begin(self):
+        """A session slot is ours (see L{splicing.sessions.SessionTable})."""
         f = self.factory
         self.requests = Flow(self, "request", f.headerLimit, f.maxHeaderLines, f.backendPath)
         self.responses = Flow(self, "response", f.headerLimit, f.maxHeaderLines, f.backendPath)
@@ -75,6 +84,7 @@ class HTTPProxyProtocol(Protocol):
         self.context = f.newContext(self.transport)
         self._headTimer = f.reactor.callLater(f.headerTimeout, self._headerTimeout)
         self._backendTimer = None
+        self.transport.resumeProducing()
 
     # -- hooks for subclasses
 
@@ -114,6 +124,10 @@ class HTTPProxyProtocol(Protocol):
         pass
 
     def connectionLost(self, reason):
+        if not hasattr(self, "requests"):  # never began: it waited for a slot
+            self.ended = True
+            self.factory.table.release(self)
+            return
         self.requests.stop()
         self.responses.stop()
         self._cancelTimers()
@@ -154,9 +168,8 @@ class HTTPProxyProtocol(Protocol):
         if self.backend is None and not self.connecting:
             self._connect(head, verdict.forward if verdict is not None else None)
         self.requests.write(head.serialize())
-        if self._backendTimer is None:
-            self._backendTimer = f.reactor.callLater(f.backendTimeout, self._backendTimeout)
         if head.upgrade or head.isConnect:
+            self._armBackendTimer()
             self.requests.wait()  # the response decides: tunnel or not
         else:
             self.requests.startBody(head.bodyKind, head.contentLength)
@@ -192,8 +205,13 @@ class HTTPProxyProtocol(Protocol):
             self.closing = True
         self.responses.startBody(response.bodyKind, response.contentLength)
 
+    def _armBackendTimer(self):
+        if self._backendTimer is None:
+            self._backendTimer = self.factory.reactor.callLater(self.factory.backendTimeout, self._backendTimeout)
+
     def bodyDone(self, flow):
         if flow is self.requests:
+            self._armBackendTimer()  # the request is all out: now the backend owes an answer
             if not self.pending[-1].keepAlive:
                 self.requests.stop()
             return
@@ -205,12 +223,12 @@ class HTTPProxyProtocol(Protocol):
             self._sendError(self.pendingError)
         elif self.closing:
             self.close("close")
-        elif self.pending and self._backendTimer is None:
-            self._backendTimer = self.factory.reactor.callLater(
-                self.factory.backendTimeout, self._backendTimeout
-            )
+        elif self.pending:
+            self._armBackendTimer()
         elif not self.pending and self.requests.state == DONE:
             self.close("done")
+        elif not self.pending and self._headTimer is None:
+            self._headTimer = self.factory.reactor.callLater(self.factory.headerTimeout, self._headerTimeout)
 
     def sourceEnded(self, flow):
         if flow is self.requests:  # the client's half-close inside a tunnel
@@ -238,7 +256,10 @@ class HTTPProxyProtocol(Protocol):
         self.backend = backend
         backend.proxy = self
         self.responses.src = backend.transport
-        self.requests.connect(backend.transport)
+        try:
+            self.requests.connect(backend.transport)
+        except HTTPError as e:
+            self.fail(e)
 
     def _backendFailed(self, reason):
         self.connecting = False
@@ -320,12 +341,16 @@ class HTTPProxyProtocol(Protocol):
                 t.abortConnection() if abort else t.loseConnection()
 
     def abort(self, how):
+        if not hasattr(self, "requests"):
+            self.transport.abortConnection()
+            return
         self.close(how, abort=True)
 
     def _finish(self, how):
         if self.ended:
             return
         self.ended = True
+        self.factory.table.release(self)
         self._cancelTimers()
         peer = self.transport.getPeer()
         self.sessionEnded(
@@ -368,6 +393,9 @@ class HTTPProxyFactory(Factory):
         allowUpgrade=False,
         allowConnect=False,
         serverName="splicing",
+        allow=(),
+        maxSessions=0,
+        name="http",
         reactor=None,
     ):
         if reactor is None:
@@ -386,7 +414,18 @@ class HTTPProxyFactory(Factory):
         self.allowUpgrade = allowUpgrade
         self.allowConnect = allowConnect
         self.serverName = serverName
+        self.allow = allow if isinstance(allow, AllowList) else AllowList(allow)
+        self.table = SessionTable(maxSessions)
+        self.name = name
         self._next = {}
+
+    def admit(self, protocol):
+        """Start C{protocol}'s session now or when a slot frees; refuse disallowed clients."""
+        if not self.allow.allows(protocol.transport.getPeer()):
+            protocol.ended = True
+            protocol.transport.abortConnection()
+            return
+        self.table.admit(protocol)
 
     @property
     def returnError(self):

@@ -14,7 +14,7 @@ from zope.interface import implementer
 
 from splicing import mmsg
 from splicing.interfaces import IMover
-from splicing.mbuf import Chain, ClusterPool, PacketChain
+from splicing.mbuf import Chain, ClusterPool
 
 INFLIGHT = 1 << 20
 MAX_DATAGRAM = 65536
