@@ -20,7 +20,7 @@ from zope.interface import implementer
 from splicing import proxyheader
 from splicing.access import AllowList, formatAddress
 from splicing.balance import Balancer, Target
-from splicing.copy import CopyDirection, spliceOrCopy
+from splicing.fallback import CopyDirection, spliceOrCopy
 from splicing.endpoint import describe
 from splicing.errors import SpliceError
 from splicing.result import Reason
