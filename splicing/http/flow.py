@@ -18,6 +18,11 @@ from splicing.http.head import HeadReader
 from splicing.result import Reason
 from splicing.splice import splice
 
+#: How much user land reads from the source between chunks: the framing line
+#: and a little data.  Twisted's 64 KiB reads would copy up to 64 KiB of each
+#: chunk through Python before its splice starts.
+FRAMING_READ = 4096
+
 HEAD, LENGTH, CHUNKED, UNTIL_EOF, WAIT, DONE = (
     "head", "length", "chunked", "until-eof", "wait", "done",
 )
@@ -129,8 +134,19 @@ class Flow:
         """Stop parsing until L{resume} (an upgrade waits for its response)."""
         self.state = WAIT
 
+    def _smallReads(self, on):
+        """Read only a little at a time from a socket source (see L{FRAMING_READ})."""
+        t = self.src
+        if t is None or getattr(t, "socket", None) is None:
+            return  # TLS and other transports read as they must
+        if on:
+            t.bufferSize = FRAMING_READ
+        else:
+            t.__dict__.pop("bufferSize", None)
+
     def stop(self):
         """No more messages: hold whatever comes."""
+        self._smallReads(False)
         self.state = DONE
         if self.splice is not None and self.splice.result is None:
             self.splice.unsplice()
@@ -162,6 +178,7 @@ class Flow:
         elif kind == "chunked":
             self.state = CHUNKED
             self.chunks = ChunkedReader()
+            self._smallReads(True)
         else:
             self.state = UNTIL_EOF
             if not self._feeding:  # else dataReceived writes what came with the head first
@@ -188,6 +205,7 @@ class Flow:
                 self._spliceBody(event[1])
                 return b""
             elif kind == "end":
+                self._smallReads(False)
                 self.chunks = None
                 self.state = HEAD
                 self.owner.bodyDone(self)
