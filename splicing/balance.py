@@ -8,6 +8,8 @@ down as well), as relayd and HAProxy mark a host down after a failed check.
 """
 
 from twisted.internet import defer, endpoints
+from twisted.internet.interfaces import IStreamClientEndpoint
+from zope.interface import implementer
 
 
 def clientFromString(reactor, description):
@@ -99,4 +101,15 @@ class Balancer:
         return d.addCallbacks(ok, failed)
 
 
-__all__ = ["Balancer", "Target", "clientFromString"]
+@implementer(IStreamClientEndpoint)
+class BalancedEndpoint:
+    """A L{Balancer} as a plain client endpoint: C{connect} fires with the protocol."""
+
+    def __init__(self, balancer):
+        self.balancer = balancer
+
+    def connect(self, factory):
+        return self.balancer.connect(factory).addCallback(lambda result: result[0])
+
+
+__all__ = ["Balancer", "BalancedEndpoint", "Target", "clientFromString"]

@@ -300,10 +300,11 @@ def _tcpService(name, options, metrics, reactor):
 
 
 def _backends(reactor, options, descriptions):
-    from splicing.balance import Balancer, Target, clientFromString
+    """One client endpoint: round-robin with failover over C{descriptions}."""
+    from splicing.balance import BalancedEndpoint, Balancer, Target, clientFromString
 
     targets = [Target(clientFromString(reactor, c), c) for c in descriptions]
-    return Balancer(targets, reactor, timeout=options["connect-timeout"])
+    return BalancedEndpoint(Balancer(targets, reactor, timeout=options["connect-timeout"]))
 
 
 def _httpService(name, options, metrics, reactor):
