@@ -61,13 +61,10 @@ class SocketSplice(SpliceBase):
         self._received = len(self._head)
         self._startIdle()
         # Never move or end inside splice(): the first pass runs from the
-        # reactor, on the first readiness event (an HTTP proxy starts a
-        # splice per chunk: no extra loop turn for each); only a splice with
-        # nothing to wait for needs a turn of its own.
-        if self.max == 0:
-            self._kick = self.reactor.callLater(0, self._move)
-        else:
-            self._interest(False)
+        # reactor.  It must not wait for a readiness event: an error already
+        # pending on the socket (a UDP port's ICMP "refused") shows as
+        # EPOLLERR alone, which Twisted would take for a lost connection.
+        self._kick = self.reactor.callLater(0, self._move)
 
     # -- readiness events (installed as the transports' doRead/doWrite)
 
