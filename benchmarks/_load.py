@@ -25,7 +25,6 @@ C{recv_into} a fixed buffer), so Python costs nothing measurable per byte.
 
 import argparse
 import json
-import os
 import random
 import resource
 import socket

@@ -10,7 +10,6 @@ epoll, both directions, half-close forwarded (EOF -> C{shutdown(SHUT_WR)}).
 """
 
 import argparse
-import errno
 import fcntl
 import os
 import select

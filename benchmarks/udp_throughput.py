@@ -24,13 +24,14 @@ import argparse
 import json
 import os
 import queue
-import signal
 import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
+
+from benchmarks.tcp_throughput import kill
 
 PY = sys.executable
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,21 +57,6 @@ def _spawn(args, **kw):
         [PY, "-m", "benchmarks._udpload"] + args, cwd=ROOT, env=_env(),
         start_new_session=True, text=True, **kw,
     )
-
-
-def kill(proc):
-    if proc is None or proc.poll() is not None:
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(3)
-            return
-        except subprocess.TimeoutExpired:
-            pass
 
 
 def free_port():

@@ -270,15 +270,13 @@ class _DemoEndpoint:
 
 def _tcpService(name, options, metrics, reactor):
     from splicing.balance import Balancer, Target, clientFromString
-    from splicing.demo import DemoOrigin
     from splicing.relay import RelayFactory
-    from splicing.service import RelayService
 
     targets = [Target(clientFromString(reactor, c), c) for c in options["connect"]]
     hint, origin = "nc {host} {port}", None
     if not targets:
-        origin = DemoOrigin(reactor)
-        targets = [Target(_DemoEndpoint(reactor, origin), "demo-origin")]
+        origin, endpoint = _demo(reactor)
+        targets = [Target(endpoint, "demo-origin")]
         hint = "curl http://{host}:{port}/"
     factory = RelayFactory(
         Balancer(targets, reactor, timeout=options["connect-timeout"]),
@@ -292,6 +290,21 @@ def _tcpService(name, options, metrics, reactor):
         metrics=metrics,
         reactor=reactor,
     )
+    return _relayService(options, factory, origin, hint, reactor)
+
+
+def _demo(reactor):
+    """The demo origin (a service) and an endpoint that reaches it."""
+    from splicing.demo import DemoOrigin
+
+    origin = DemoOrigin(reactor)
+    return origin, _DemoEndpoint(reactor, origin)
+
+
+def _relayService(options, factory, origin, hint, reactor):
+    """A stream relay's service, with the demo origin as its child when there is one."""
+    from splicing.service import RelayService
+
     relay = RelayService(options["listen"], factory, hint=hint, reactor=reactor,
                          shutdownTimeout=options["shutdown-timeout"])
     if origin is not None:
@@ -308,16 +321,14 @@ def _backends(reactor, options, descriptions):
 
 
 def _httpService(name, options, metrics, reactor):
-    from splicing.demo import DemoOrigin
     from splicing.http.proxy import HTTPProxyFactory
-    from splicing.service import RelayService
 
     origin = None
     if options["connect"]:
         default = [_backends(reactor, options, options["connect"])]
     else:
-        origin = DemoOrigin(reactor)
-        default = [_DemoEndpoint(reactor, origin)]
+        origin, endpoint = _demo(reactor)
+        default = [endpoint]
     factory = HTTPProxyFactory(
         default,
         groups={g: [_backends(reactor, options, d)] for g, d in options["groups"].items()},
@@ -334,11 +345,7 @@ def _httpService(name, options, metrics, reactor):
         name=name,
         reactor=reactor,
     )
-    relay = RelayService(options["listen"], factory, hint="curl http://{host}:{port}/", reactor=reactor,
-                         shutdownTimeout=options["shutdown-timeout"])
-    if origin is not None:
-        origin.setServiceParent(relay)
-    return relay
+    return _relayService(options, factory, origin, "curl http://{host}:{port}/", reactor)
 
 
 def _udpService(name, options, metrics, reactor):

@@ -28,9 +28,8 @@ import random
 import socket
 import threading
 import time
-import urllib.parse
 
-from twisted.internet import defer, protocol, reactor, threads
+from twisted.internet import protocol, reactor, threads
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.web import resource, server
