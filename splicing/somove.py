@@ -61,10 +61,15 @@ class SocketSplice(SpliceBase):
         self._received = len(self._head)
         self._startIdle()
         # Never move or end inside splice(): the first pass runs from the
-        # reactor.  It must not wait for a readiness event: an error already
-        # pending on the socket (a UDP port's ICMP "refused") shows as
-        # EPOLLERR alone, which Twisted would take for a lost connection.
-        self._kick = self.reactor.callLater(0, self._move)
+        # reactor, on the first readiness event (an HTTP proxy starts a splice
+        # per chunk: no loop turn of its own for each).  A UDP splice must not
+        # wait for one: an error already pending on the port (ICMP "refused")
+        # shows as EPOLLERR alone, which Twisted takes for a lost connection;
+        # and a splice with nothing to wait for (max=0) needs its own turn.
+        if self._src.datagram or self.max == 0:
+            self._kick = self.reactor.callLater(0, self._move)
+        else:
+            self._interest(False)
 
     # -- readiness events (installed as the transports' doRead/doWrite)
 

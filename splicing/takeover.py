@@ -20,6 +20,11 @@ methods, and removes them when it ends:
 Bytes a splice read but did not move are given back here and reach the
 protocol's C{dataReceived} before anything still in the socket (or move first
 when a new splice starts on the same source).
+
+The record stays with the transport until its connection is lost: a
+transport spliced once is usually spliced again (an HTTP proxy splices every
+body, chunk after chunk), so only C{doRead}/C{doWrite} change hands per
+splice.  Without owners the remaining overrides behave as Twisted's own.
 """
 
 from twisted.internet import udp
@@ -116,8 +121,8 @@ class Borrowed:
     def takeRead(self, owner):
         self.reader = owner
         self._override("doRead", owner.doRead)
-        self.reactor.removeReader(self.transport)
-        self._reading = False
+        # keep the registration as it is: the splice's first pass decides
+        self._reading = isReading(self.reactor, self.transport)
 
     def wantRead(self, flag):
         if flag != self._reading:
@@ -281,8 +286,7 @@ class Borrowed:
         self.transport.connectionLost(failure)
 
     def _maybeGiveUp(self):
-        if self.reader is None and self.writer is None and not self.leftover:
-            self._giveUp()
+        """Nothing to do: the record lives as long as the connection (see above)."""
 
     def _giveUp(self):
         """Remove every override: the transport is plain Twisted again."""
