@@ -62,8 +62,9 @@ def _env():
     return env
 
 
-def free_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+def free_port(kind=socket.SOCK_STREAM):
+    """A free 127.0.0.1 port for C{kind} (SOCK_STREAM or SOCK_DGRAM)."""
+    s = socket.socket(socket.AF_INET, kind)
     try:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 
+from benchmarks.tcp_throughput import free_port
 from benchmarks.tcp_throughput import kill
 
 PY = sys.executable
@@ -57,15 +58,6 @@ def _spawn(args, **kw):
         [PY, "-m", "benchmarks._udpload"] + args, cwd=ROOT, env=_env(),
         start_new_session=True, text=True, **kw,
     )
-
-
-def free_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
 
 
 def proc_cpu(pid):
@@ -107,7 +99,7 @@ class Relay:
         self.port = backendPort
         if name == "direct":
             return
-        self.port = free_port()
+        self.port = free_port(socket.SOCK_DGRAM)
         self.proc = _spawn(
             ["%s-relay" % name, "--listen", str(self.port), "--connect", str(backendPort)],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,

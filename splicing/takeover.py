@@ -53,11 +53,6 @@ def borrow(transport, reactor):
     return b
 
 
-def borrowed(transport):
-    """The L{Borrowed} record of C{transport} if any splice holds it, else None."""
-    return transport.__dict__.get(_ATTR)
-
-
 class Borrowed:
     """
     What the splice layer holds of one socket transport.
@@ -163,7 +158,6 @@ class Borrowed:
                 self.reactor.addReader(t)
             else:
                 self.reactor.removeReader(t)
-        self._maybeGiveUp()
 
     def deliverLeftover(self):
         """
@@ -176,7 +170,6 @@ class Borrowed:
             return  # delivered when the application resumes reading
         owed, self.leftover = self.leftover, []
         protocol = getattr(self.transport, "protocol", None)
-        self._maybeGiveUp()
         if protocol is None:
             return
         if self.datagram:
@@ -245,7 +238,6 @@ class Borrowed:
                 self.reactor.addWriter(self.transport)
             else:
                 self.reactor.removeWriter(self.transport)
-        self._maybeGiveUp()
 
     # -- the end of the connection
 
@@ -274,7 +266,6 @@ class Borrowed:
         if self.reader is not None:
             self.reader.sourceEnded(self)
         self.deliverLeftover()
-        self._maybeGiveUp()
         original(reason)
 
     def fail(self, failure):
@@ -284,9 +275,6 @@ class Borrowed:
         self.reactor.removeReader(self.transport)
         self.reactor.removeWriter(self.transport)
         self.transport.connectionLost(failure)
-
-    def _maybeGiveUp(self):
-        """Nothing to do: the record lives as long as the connection (see above)."""
 
     def _giveUp(self):
         """Remove every override: the transport is plain Twisted again."""

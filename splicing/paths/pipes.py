@@ -118,12 +118,6 @@ class PipePool:
         """Call C{callback()} once, the next time a pipe is returned."""
         self._waiters.append(callback)
 
-    def cancel(self, callback):
-        try:
-            self._waiters.remove(callback)
-        except ValueError:
-            pass
-
     def clear(self):
         """Close the idle pipes (at shutdown, or to count descriptors)."""
         while self._idle:
