@@ -15,8 +15,10 @@ untimed integrity pass (CRC-32 on both ends).
 
 Relays: C{direct} (no relay), C{portforward} (C{twistd portforward}),
 C{kernel} and C{mbuf} (L{benchmarks.splice_relay} on C{splicing.splice()}),
-C{copy} (the same app, plain user-land copy), and, when on PATH, C{haproxy}
-(forced splicing, 1 MiB pipes) and C{socat}.  Only 127.0.0.1 is used.
+C{copy} (the same app, plain user-land copy), C{splice} and C{splice-mbuf}
+(the product, C{twistd splice tcp}, default path or C{--backend mbuf}), and,
+when on PATH, C{haproxy} (forced splicing, 1 MiB pipes) and C{socat}.  Only
+127.0.0.1 is used.
 """
 
 import argparse
@@ -24,8 +26,6 @@ import json
 import os
 import queue
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,85 +33,21 @@ import tempfile
 import threading
 import time
 
-PY = sys.executable
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from benchmarks.procs import (  # noqa: F401  (also imported from here by other benchmarks)
+    PY, ROOT, BenchError, _env, free_port, kill, proc_cpu, twistd, wait_listening,
+)
 
 DEFAULT_RELAYS = ["direct", "portforward", "kernel", "mbuf"]
 OPTIONAL_RELAYS = ["haproxy", "socat"]  # added to the default list when on PATH
 # copy/transport/auto: other splice_relay backends; proto-*: benchmarks._protorelay
+# splice, splice-mbuf: the product, `twistd splice tcp` (PRODUCT_RELAYS)
+PRODUCT_RELAYS = {"splice": [], "splice-mbuf": ["--backend", "mbuf"]}
 KNOWN_RELAYS = (DEFAULT_RELAYS + ["copy", "transport", "auto", "proto-splice", "proto-copy"]
-                + OPTIONAL_RELAYS)
+                + list(PRODUCT_RELAYS) + OPTIONAL_RELAYS)
 
 # Targets for the splice backends: (min throughput x portforward, max CPU/GB x portforward)
 TARGETS = {"kernel": (1.45, 0.45), "mbuf": (1.9, 0.45)}
 DIRECT_HEADROOM = 1.5
-
-
-class BenchError(Exception):
-    pass
-
-
-# -- processes -------------------------------------------------------------
-
-
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
-
-
-def free_port(kind=socket.SOCK_STREAM):
-    """A free 127.0.0.1 port for C{kind} (SOCK_STREAM or SOCK_DGRAM)."""
-    s = socket.socket(socket.AF_INET, kind)
-    try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
-
-
-def wait_listening(port, proc, deadline, what):
-    """Connect-retry until C{port} accepts, the process dies, or time is up."""
-    while True:
-        if proc is not None and proc.poll() is not None:
-            raise BenchError("%s exited with status %s before listening" % (what, proc.returncode))
-        try:
-            s = socket.create_connection(("127.0.0.1", port), timeout=1)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise BenchError("%s not listening on %d after waiting" % (what, port))
-            time.sleep(0.05)
-        else:
-            s.close()
-            return
-
-
-def kill(proc):
-    """Stop one process we started (and its process group: socat forks)."""
-    if proc is None or proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 3)):
-        try:
-            os.killpg(proc.pid, sig)  # its own session: pgid == pid
-        except ProcessLookupError:
-            return
-        except PermissionError:
-            proc.send_signal(sig)
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            pass
-
-
-def proc_cpu(pid):
-    """utime+stime (+ reaped children's) of a process, in seconds."""
-    with open("/proc/%d/stat" % pid) as f:
-        rest = f.read().rsplit(")", 1)[1].split()
-    # rest[0] is field 3 (state): utime, stime, cutime, cstime are fields 14-17.
-    return sum(int(x) for x in rest[11:15]) / CLK_TCK
 
 
 class Receiver:
@@ -158,8 +94,9 @@ class Receiver:
 class Relay:
     """One relay under test: a process (or none, for direct) and a port."""
 
-    def __init__(self, name, workdir, dest_port):
+    def __init__(self, name, workdir, dest_port, extra=()):
         self.name = name
+        self.extra = list(extra)  # more command-line options (product relays)
         self.proc = None
         self.port = None
         self.workdir = workdir
@@ -169,15 +106,18 @@ class Relay:
     def command(self, port):
         d = str(self.dest_port)
         if self.name == "portforward":
-            twistd = os.path.join(os.path.dirname(PY), "twistd")
-            if not os.path.exists(twistd):
-                twistd = shutil.which("twistd") or twistd
-            return [twistd, "-n", "--pidfile=", "--logfile=-", "portforward",
+            return [twistd(), "-n", "--pidfile=", "--logfile=-", "portforward",
                     "--port", "tcp:%d:interface=127.0.0.1" % port,
                     "--host", "127.0.0.1", "--dest_port", d]
         if self.name in ("kernel", "mbuf", "copy", "transport", "auto"):
             return [PY, "-m", "benchmarks.splice_relay", "--listen", str(port),
                     "--connect", d, "--backend", self.name]
+        if self.name in PRODUCT_RELAYS:
+            # A deep backlog: the session-rate and idle-session loads connect in bursts.
+            return ([twistd(), "-n", "--pidfile=", "--logfile=-", "splice", "tcp",
+                     "--listen", "tcp:%d:interface=127.0.0.1:backlog=4096" % port,
+                     "--connect", "tcp:host=127.0.0.1:port=%s" % d]
+                    + PRODUCT_RELAYS[self.name] + self.extra)
         if self.name.startswith("proto-"):
             return [PY, "-m", "benchmarks._protorelay", "--listen", str(port),
                     "--connect", d, "--mode", self.name[len("proto-"):]]
@@ -252,6 +192,9 @@ class Relay:
             if "BACKEND requested=" in l:
                 parts = dict(p.split("=", 1) for p in l.split("BACKEND ", 1)[1].split())
                 used.add((parts.get("forward"), parts.get("reverse")))
+            elif "] session ended: " in l:  # twistd splice tcp: "..., 0.013s, kernel, eof"
+                fields = [f.strip() for f in l.rsplit(",", 2)]
+                used.add((fields[1], fields[1]))
             elif any(k in l for k in ("Traceback", "Unhandled", "Error", "failed",
                                       "splice ended: reason=")):  # splice_relay: non-EOF
                 bad.append(l.strip())
@@ -443,6 +386,20 @@ def main(argv=None):
                   "not on PATH" if all(not shutil.which(n) for n in absent) else "not requested"))
     out.flush()
 
+    m = measure(names, args.seconds, args.repeat, args.integrity_mib, args.verbose, out)
+    report(names, m["results"], m["integrity"], m["failures"], args, out)
+    out.write("(total %.0f s)\n" % (time.monotonic() - t_start))
+    bad = (any(m["integrity"].get(n) != "OK" for n in m["active"])
+           if args.integrity_mib else False)
+    return 1 if bad or m["failures"] else 0
+
+
+def measure(names, seconds, repeat, integrity_mib=64, verbose=False, out=sys.stdout):
+    """
+    Start the relays C{names}, run the integrity pass and C{repeat}
+    interleaved timed runs; returns C{{results, integrity, failures, active}}
+    (results: per relay, the L{run_once} dicts; failures: C{(relay, why)}).
+    """
     workdir = tempfile.mkdtemp(prefix="splicing-bench-")
     receiver = None
     relays = {}
@@ -466,7 +423,7 @@ def main(argv=None):
 
         dead = set()
         # Untimed integrity pass (and warm-up).
-        nbytes = args.integrity_mib << 20
+        nbytes = integrity_mib << 20
         for n in active if nbytes else ():
             try:
                 res = run_once(relays[n], receiver, nbytes=nbytes)
@@ -484,12 +441,12 @@ def main(argv=None):
                 dead.add(n)  # stalled or died: timing it would only burn the time budget
 
         # Timed runs, round-robin.
-        for rep in range(args.repeat):
+        for rep in range(repeat):
             for n in active:
                 if n in dead:
                     continue
                 try:
-                    res = run_once(relays[n], receiver, seconds=args.seconds)
+                    res = run_once(relays[n], receiver, seconds=seconds)
                 except BenchError as e:
                     failures.append((n, "run %d: %s" % (rep + 1, e)))
                     results[n].append({"error": str(e)})
@@ -500,7 +457,7 @@ def main(argv=None):
                 if res["error"]:
                     failures.append((n, "run %d: %s" % (rep + 1, res["error"])))
                 results[n].append(res)
-                if args.verbose:
+                if verbose:
                     out.write("  run %d %-12s %6.2f GB/s  %6.2f GB  relay CPU %s s\n" % (
                         rep + 1, n, res["gbps"], res["rcv"]["bytes"] / 1e9,
                         fmt(res["relay_cpu"])))
@@ -512,24 +469,98 @@ def main(argv=None):
             used, bad = relays[n].log_notes()
             if n != "copy":
                 seen = sorted({b for pair in used for b in pair})
-                if seen != [n] and n != "auto":
+                want = {"splice": "kernel", "splice-mbuf": "mbuf"}.get(n, n)
+                if seen != [want] and n != "auto":
                     failures.append((n, "backend actually used: %s (requested %s)"
                                      % (", ".join(map(str, seen)) or "none logged", n)))
-                elif args.verbose:
+                elif verbose:
                     out.write("  %s: backend used %s\n" % (n, ", ".join(seen)))
             if bad:
                 failures.append((n, "%d suspicious relay log lines, e.g. %s"
                                  % (len(bad), " | ".join(bad[:3]))))
-        report(names, results, integrity, failures, args, out)
-        out.write("(total %.0f s)\n" % (time.monotonic() - t_start))
-        bad = any(integrity.get(n) != "OK" for n in active) if nbytes else False
-        return 1 if bad or failures else 0
+        return {"results": results, "integrity": integrity, "failures": failures,
+                "active": active}
     finally:
         for r in relays.values():
             r.stop()
         if receiver is not None:
             kill(receiver.proc)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+# -- the suite's scenario (python -m benchmarks) ---------------------------
+
+SUITE_RELAYS = ["direct", "portforward", "splice", "splice-mbuf"]
+SUITE_TARGET = 2.0  # the default path vs the port forwarder, one bulk session
+
+
+def suite(ctx):
+    """One bulk session per relay: GB/s and CPU per GB against the peers."""
+    from benchmarks import charts
+    from benchmarks.report import Spread, Table, Verdict, ratio
+    from benchmarks.scenario import Chart, Outcome
+
+    names = SUITE_RELAYS + ctx.peer_relays()
+    seconds, repeat = ctx.pick(2.0, 0.5), ctx.pick(3, 1)
+    ctx.log("tcp bulk: %s, %g s x %d" % (", ".join(names), seconds, repeat))
+    m = measure(names, seconds, repeat, ctx.pick(64, 4), out=_Silent())
+    table = Table(
+        "tcp-bulk", "TCP bulk throughput, one session",
+        "One TCP session per run: a sender process doing 1 MiB send()s for %g s through the relay "
+        "to a receiver process doing 1 MiB recv_into; GB/s = 1e9 bytes counted by the receiver "
+        "per second; relay CPU = utime+stime of the relay process per GB moved; %d interleaved "
+        "repetitions (median, min-max); every relay first carried a CRC-32-checked %d MiB pass. "
+        "`splice` is `twistd splice tcp` (default path: kernel), `splice-mbuf` the same with "
+        "`--backend mbuf`; HAProxy runs with forced splicing and 1 MiB pipes."
+        % (seconds, repeat, ctx.pick(64, 4)),
+        [("relay", "relay", "%s"), ("gbps", "GB/s", "%.2f"), ("xpf", "x portforward", "%.2f"),
+         ("cpu", "relay CPU s/GB", "%.3f"), ("util", "relay CPU (of a core)", "%.0f%%"),
+         ("integrity", "integrity", "%s")])
+    for n in names:
+        ok = [r for r in m["results"][n] if "gbps" in r and not r.get("error")]
+        table.rows.append({
+            "relay": n,
+            "gbps": Spread.of([r["gbps"] for r in ok]),
+            "cpu": Spread.of([r["relay_cpu"] / (r["rcv"]["bytes"] / 1e9) for r in ok
+                              if r["relay_cpu"] is not None and r["rcv"]["bytes"]]),
+            "util": Spread.of([100 * r["relay_cpu"] / r["rcv"]["secs"] for r in ok
+                               if r["relay_cpu"] is not None]),
+            "integrity": m["integrity"].get(n, "-"),
+        })
+    pf = table.value("portforward", "gbps")
+    for r in table.rows:
+        r["xpf"] = ratio(r["gbps"], pf)
+    sp = table.row("splice")
+    table.verdicts.append(Verdict("TCP bulk: splice vs port forwarder", ratio(sp["gbps"], pf),
+                                  SUITE_TARGET))
+    table.verdicts.append(Verdict("TCP bulk: splice CPU/GB vs port forwarder", ratio(
+        sp["cpu"], table.value("portforward", "cpu")), 1.0, higher=False))
+    if table.row("haproxy"):
+        table.verdicts.append(Verdict("TCP bulk: splice vs HAProxy (forced splice, 1 MiB pipes)",
+                                      ratio(sp["gbps"], table.value("haproxy", "gbps")), 1.0))
+        table.verdicts.append(Verdict("TCP bulk: splice CPU/GB vs HAProxy", ratio(
+            sp["cpu"], table.value("haproxy", "cpu")), 1.0, higher=False))
+    direct, best = table.value("direct", "gbps"), max(
+        (r["gbps"].median for r in table.rows if r["relay"] != "direct" and r["gbps"]), default=0)
+    if direct and best:
+        table.notes.append("The direct connection reached %.2fx the best relay: %s." % (
+            direct.median / best, "the load was not the limit" if direct.median >= DIRECT_HEADROOM * best
+            else "the load processes may have limited the relays"))
+    failures = ["tcp bulk: %s: %s" % f for f in m["failures"]]
+    items = [(r["relay"], r["gbps"]) for r in table.rows]
+    chart = Chart("tcp_bulk.png", "TCP bulk throughput, one session", lambda path: charts.bars(
+        path, "TCP bulk, one session (median, whiskers min-max of %d runs)" % repeat, "GB/s", items))
+    return Outcome([table], [chart], failures)
+
+
+class _Silent:
+    """An output stream for measure() when the suite prints its own progress."""
+
+    def write(self, s):
+        pass
+
+    def flush(self):
+        pass
 
 
 if __name__ == "__main__":
