@@ -5,11 +5,14 @@ A relay with several C{--connect} targets takes them in turn.  A connect
 that is refused or times out tries the next target; a target that failed is
 skipped for C{holdoff} seconds (tried again only when every other target is
 down as well), as relayd and HAProxy mark a host down after a failed check.
+A connect that failed for want of a local descriptor blames no target.
 """
 
 from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IStreamClientEndpoint
 from zope.interface import implementer
+
+from splicing.accepting import exhaustionErrno
 
 
 def clientFromString(reactor, description):
@@ -93,6 +96,10 @@ class Balancer:
             return protocol, target
 
         def failed(f):
+            if exhaustionErrno(f) is not None:
+                # Our own descriptors ran out, not the target: holding it
+                # off or trying the others would only spread the blame.
+                return f
             target.downUntil = self.reactor.seconds() + self.holdoff
             if self.onFailure is not None:
                 self.onFailure(target, f)

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from splicing import proxyheader
+from splicing.accepting import exhaustionErrno
 from splicing.access import AllowList, formatAddress
 from splicing.balance import Balancer, Target
 from splicing.fallback import CopyDirection, spliceOrCopy
@@ -75,6 +76,7 @@ class RelayProtocol(Protocol):
     target = None
     ended = False
     _begun = False
+    _connectUntil = 0.0
 
     def connectionMade(self):
         self.started = self.factory.reactor.seconds()
@@ -143,11 +145,24 @@ class RelayProtocol(Protocol):
             self.log.failure("chooseEndpoint failed")
             self._abort("error")
             return
-        d = self.factory.connectBackend(BackendFactory(), endpoint)
-        d.addCallbacks(self._backendConnected, self._backendFailed)
+        self._connectUntil = self.factory.reactor.seconds() + (self.factory.balancer.timeout or 10.0)
+        self._connect(endpoint)
 
-    def _backendFailed(self, reason):
+    def _connect(self, endpoint):
+        d = self.factory.connectBackend(BackendFactory(), endpoint)
+        d.addCallbacks(self._backendConnected, self._backendFailed, errbackArgs=(endpoint,))
+
+    def _backendFailed(self, reason, endpoint=None):
         if self.ended:
+            return
+        error = exhaustionErrno(reason)
+        if error is not None and self.factory.reactor.seconds() < self._connectUntil:
+            # No descriptor for the backend socket: the client waits (accepting
+            # pauses meanwhile) and the connect is tried again, as a client in
+            # the backlog would be served later.
+            guard = self.factory.table.guard
+            guard.exhausted("connect", error)
+            self._later("connect", guard.delay, self._connect, endpoint)
             return
         self.log.warn(
             "no backend for {client}: {error}",

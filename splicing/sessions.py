@@ -4,13 +4,17 @@ A relay's running sessions: the C{--max-sessions} cap and graceful drain.
 When the cap is reached the listening ports stop reading, so new clients
 wait in the kernel's accept backlog instead of being refused (the backlog
 itself is the endpoint's C{backlog=} argument); the few a port accepted in
-the same turn wait here, paused, for a slot.  At shutdown the table says
-when the last session ended.
+the same turn wait here, paused, for a slot.  The ports are also paused
+while the process is short of descriptors (L{splicing.accepting}): a port
+reads only when neither reason holds.  At shutdown the table says when the
+last session ended.
 """
 
 import collections
 
 from twisted.internet import defer
+
+from splicing import accepting
 
 
 class SessionTable:
@@ -18,10 +22,13 @@ class SessionTable:
     @ivar active: the sessions running (objects with C{begin()} and C{abort(how)}).
     @ivar waiting: sessions accepted while full, in arrival order.
     @ivar ports: the listening ports to pause when full.
+    @ivar guard: the L{splicing.accepting.DescriptorGuard} pausing them
+        when descriptors run short (the process's own by default).
     """
 
-    def __init__(self, maxSessions=0):
+    def __init__(self, maxSessions=0, guard=None):
         self.maxSessions = maxSessions
+        self.guard = accepting.guard if guard is None else guard
         self.active = set()
         self.waiting = collections.deque()
         self.ports = []
@@ -62,20 +69,26 @@ class SessionTable:
                 d.callback(None)
 
     def _steer(self):
-        """Pause the ports when full, resume them when not."""
+        """Pause the ports when full or short of descriptors, resume them when neither."""
+        pause = self.full or not self.accepting or self.guard.paused
         for port in self.ports:
-            if self.full or not self.accepting:
+            if pause:
                 port.stopReading()
             else:
                 port.startReading()
 
     def addPort(self, port):
         self.ports.append(port)
+        self.guard.subscribe(self)
+        self.guard.watch(port)
         self._steer()
 
     def removePort(self, port):
         if port in self.ports:
             self.ports.remove(port)
+            self.guard.unwatch(port)
+        if not self.ports:
+            self.guard.unsubscribe(self)
 
     def whenEmpty(self):
         """A Deferred that fires once no session runs or waits."""
