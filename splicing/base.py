@@ -24,6 +24,8 @@ class SpliceBase:
 
     log = Logger()
     backend = None
+    #: Called at the maximum to go on past it (see L{splicing.splice.splice}).
+    framer = None
 
     def __init__(self, reactor, max, idle):
         self.reactor = reactor
@@ -60,6 +62,33 @@ class SpliceBase:
             self._idleCall = self.reactor.callLater(left, self._idleCheck)
         else:
             self._end(Reason.IDLE)
+
+    # -- the maximum
+
+    def _atMax(self, data=b""):
+        """
+        The maximum is reached and nothing is in flight.  Without a framer
+        the splice ends (MAX) and C{data} (read past the maximum) goes back
+        to the source.  A framer consumes C{data} and either extends the
+        maximum (an int: that many more bytes; 0: it needs more bytes first)
+        or ends the splice, returning the bytes that follow the framed
+        stream.  Returns whether the splice goes on.
+        """
+        if self.framer is not None:
+            more = self.framer(data)
+            if not isinstance(more, bytes):
+                if isinstance(more, bool) or not isinstance(more, int) or more < 0:
+                    raise SpliceError(errno.EINVAL, "a framer returned %r" % (more,))
+                self.max += more
+                return True
+            data = more
+        self._giveBack(data)
+        self._end(Reason.MAX)
+        return False
+
+    def _giveBack(self, data):
+        """Bytes read past the maximum: they belong to the source again."""
+        raise NotImplementedError
 
     # -- the ending
 

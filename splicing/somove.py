@@ -21,6 +21,10 @@ from twisted.python.failure import Failure
 from splicing.base import SpliceBase
 from splicing.result import Reason
 
+#: How much a framer is given at a time: a chunk's framing and a little data
+#: (more would copy chunk data through Python).
+FRAMING_READ = 4096
+
 #: Passes of the loop per readiness event: bounds the time one splice holds
 #: the reactor (each pass moves up to a pipe or an in-flight budget).
 ROUNDS = 8
@@ -53,6 +57,7 @@ class SocketSplice(SpliceBase):
         self._dry = False  # the source had nothing to read
         self._waitingForBuffer = False
         self._kick = None
+        self._framing = False  # at the maximum, waiting for what a framer reads
 
     def start(self):
         self._src.takeRead(self)
@@ -132,7 +137,12 @@ class SocketSplice(SpliceBase):
                 if mover.holding:
                     drainBlocked = True
             if max is not None and self.length >= max:
-                return self._end(Reason.MAX)
+                if self.framer is None:
+                    return self._end(Reason.MAX)
+                if not self._frame():
+                    break
+                max = self.max
+                progress = True
             if not (self._head or mover.holding):
                 if self._stop is not None:
                     return self._end(self._stop)
@@ -181,9 +191,36 @@ class SocketSplice(SpliceBase):
             return self._end(self._stop)
         self._interest(drainBlocked)
 
+    def _frame(self):
+        """
+        At the maximum, with a framer: read what follows (a chunk's framing)
+        and let the framer extend the maximum or end the splice.  Whether
+        the loop goes on.
+        """
+        self._framing = False
+        try:
+            data = self._src.socket.recv(FRAMING_READ)
+        except BlockingIOError:
+            self._framing = True  # wait for the next read event
+            return False
+        except OSError as e:
+            self._end(Reason.ERROR, e.errno, self._src)
+            return False
+        if not data:
+            self._end(Reason.EOF)
+            return False
+        self._touch()
+        if not self._atMax(data):
+            return False
+        self._framing = self.length >= self.max
+        return True
+
+    def _giveBack(self, data):
+        self._src.giveBack(data)
+
     def _interest(self, drainBlocked):
         mover = self._mover
-        room = mover.space > 0 and (self.max is None or self._received < self.max)
+        room = mover.space > 0 and (self.max is None or self._received < self.max or self._framing)
         self._src.wantRead(
             self._stop is None and room and not self._fillBlocked and not self._waitingForBuffer
         )

@@ -71,7 +71,7 @@ class TransportSplice(SpliceBase):
         self._dst.registerProducer(self._throttle, True)
         self._startIdle()
         if self.max == 0:
-            self._kick = self.reactor.callLater(0, self._end, Reason.MAX)
+            self._kick = self.reactor.callLater(0, self._atMax)
 
     # -- interception of the source protocol
 
@@ -97,17 +97,16 @@ class TransportSplice(SpliceBase):
         return getattr(self._receiver, name)
 
     def _dataReceived(self, data):
+        past = b""
         if self.max is not None:
             room = self.max - self.length
-            if len(data) > room:
-                self._leftover.append(data[room:])
-                data = data[:room]
+            data, past = data[:room], data[room:]
         if data:
             self._dst.write(data)
             self.length += len(data)
             self._touch()
-        if self.max is not None and self.length >= self.max:
-            self._end(Reason.MAX)
+        if self.max is not None and self.length >= self.max and (past or self.framer is None):
+            self._atMax(past)  # with a framer and nothing past the max: wait for bytes
 
     def _connectionLost(self, reason):
         original = self._original("connectionLost")
@@ -141,6 +140,10 @@ class TransportSplice(SpliceBase):
         self._end(Reason.ERROR, errno.EPIPE)
 
     # -- the ending
+
+    def _giveBack(self, data):
+        if data:
+            self._leftover.append(data)
 
     def _dissolve(self):
         if self._kick is not None and self._kick.active():
