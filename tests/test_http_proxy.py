@@ -1077,7 +1077,7 @@ BAD_CHUNK_LINES = [b"+5", b"-5", b"0x5", b"5 ", b" 5", b"1" + b"0" * 16, b"80000
 
 
 @pytest.mark.parametrize("line", BAD_CHUNK_LINES, ids=[repr(x)[2:-1] or "empty" for x in BAD_CHUNK_LINES])
-@pytest.mark.parametrize("timing", ["with-head", "later"])
+@pytest.mark.parametrize("timing", ["with-head", "later", "after-a-spliced-chunk"])
 @pytest_twisted.ensureDeferred
 async def test_bad_chunk_size_line(net, line, timing):
     """
@@ -1095,6 +1095,9 @@ async def test_bad_chunk_size_line(net, line, timing):
     body = b"3\r\nabc\r\n" + line + b"\r\nhello\r\n0\r\n\r\n"
     if timing == "with-head":
         got, secs, how = await raw(proxy.portno, head + body, timeout=3)
+    elif timing == "after-a-spliced-chunk":  # the bad line reaches the splice's framer
+        pieces = [head + b"10000\r\n", b"x" * 0x10000 + b"\r\n", line + b"\r\nhello\r\n0\r\n\r\n"]
+        got, secs, how = await raw(proxy.portno, None, pieces=pieces, delay=0.2, timeout=3)
     else:
         got, secs, how = await raw(proxy.portno, None, pieces=[head, body], delay=0.2, timeout=3)
     await net.close_all()

@@ -14,6 +14,7 @@ many copied, so logs and tests can prove bodies did not pass through Python.
 from twisted.logger import Logger
 
 from splicing.http.chunk import ChunkedReader
+from splicing.http.errors import HTTPError
 from splicing.http.head import HeadReader
 from splicing.result import Reason
 from splicing.splice import splice
@@ -34,7 +35,8 @@ class Flow:
 
     The owner provides C{headReceived(flow, headBytes)} (which calls
     L{startBody} or L{wait}), C{bodyDone(flow)}, C{flowFailed(flow, reason,
-    error)} and C{sourceEnded(flow)}.
+    error)}, C{flowError(flow, httpError)} (bad framing found while spliced)
+    and C{sourceEnded(flow)}.
 
     @ivar spliced: body bytes moved by splices.
     @ivar copied: bytes written from user land (heads, framing, body bytes
@@ -59,6 +61,8 @@ class Flow:
         self._held = []
         self._out = []  # written before the destination existed
         self._feeding = False
+        self._chunkStart = 0  # the splice's length when the current chunk's data began
+        self._framingError = None  # raised by the splice's framer, reported at its end
 
     # -- input
 
@@ -197,42 +201,72 @@ class Flow:
         return rest
 
     def _chunkData(self, data):
+        more = self._chunkFraming(data)
+        if isinstance(more, bytes):
+            self.owner.bodyDone(self)
+            return more
+        if more:
+            self._spliceBody(more, self._nextChunk)
+        return b""
+
+    def _chunkFraming(self, data):
+        """
+        Decode C{data} (framing, maybe some chunk data) and forward it: the
+        chunk data bytes still to move (0: none yet), or, once the body is
+        complete, the bytes after it.
+        """
         for event in self.chunks.feed(data):
             kind = event[0]
             if kind in ("frame", "data"):
                 self.write(event[1])
             elif kind == "need":
-                self._spliceBody(event[1])
-                return b""
+                return event[1]
             elif kind == "end":
                 self._smallReads(False)
                 self.chunks = None
                 self.state = HEAD
-                self.owner.bodyDone(self)
                 return event[1]
-        return b""
+        return 0
 
-    def _spliceBody(self, n):
+    def _nextChunk(self, data):
+        """
+        The splice's framer: the chunk's data has moved, C{data} follows it.
+        A framing error ends the splice; L{_spliceDone} reports it.
+        """
+        c = self.chunks
+        if c.needed:  # else the framing came in pieces: this is a later one
+            c.skipped(c.needed)
+        self._chunkStart = self.splice.length
+        try:
+            return self._chunkFraming(data)
+        except HTTPError as e:
+            self._framingError = e
+            return b""
+
+    def _spliceBody(self, n, framer=None):
         """Splice the next C{n} body bytes (None: until EOF)."""
         if self.splice is not None or self.state == DONE:
             return
-        s = self.splice = splice(self.src, self.dst, max=n, backend=self.backend)
-        s.done.addCallback(self._spliceDone, n)
+        self._chunkStart = 0
+        s = self.splice = splice(self.src, self.dst, max=n, backend=self.backend, framer=framer)
+        s.done.addCallback(self._spliceDone)
 
-    def _spliceDone(self, result, n):
+    def _spliceDone(self, result):
         self.splice = None
         self.spliced += result.length
         if self.state == DONE:
             return
-        if result.reason is not Reason.MAX and self.state == CHUNKED and result.length:
-            self.chunks.skipped(result.length)  # keep the reader's place in the chunk
+        error, self._framingError = self._framingError, None
+        if error is not None:
+            self.owner.flowError(self, error)
+            return
+        if self.state == CHUNKED and result.length > self._chunkStart:
+            self.chunks.skipped(result.length - self._chunkStart)  # the reader's place in the chunk
         if result.reason is Reason.MAX:
             if self.state == LENGTH:
                 self.remaining = 0
-                self.state = HEAD
-                self.owner.bodyDone(self)
-            elif self.state == CHUNKED:
-                self.chunks.skipped(n)
+            self.state = HEAD
+            self.owner.bodyDone(self)
         elif result.reason is Reason.EOF:
             if self.state == UNTIL_EOF:
                 self.state = DONE

@@ -240,6 +240,13 @@ class HTTPProxyProtocol(Protocol):
     def flowFailed(self, flow, reason, error):
         self.abort("%s-%s" % (flow.name, reason.name.lower()))
 
+    def flowError(self, flow, error):
+        """Bad framing found while a body was spliced: as if parsed here."""
+        if flow is self.requests:
+            self.fail(error)
+        else:
+            self.backendInvalid(error)
+
     # -- the backend
 
     def _connect(self, head, group):
