@@ -34,6 +34,10 @@ class ISplice(Interface):
     length = Attribute("int: bytes moved so far (the SO_SPLICE getsockopt count).")
     backend = Attribute('str: the path actually used, "kernel", "mbuf" or "transport".')
     done = Attribute("A Deferred firing once with an L{ISpliceResult}.")
+    framer = Attribute(
+        "A callable that extends the splice past its maximum for a framed stream "
+        "(see L{splicing.splice.splice}), or None."
+    )
 
     def unsplice():
         """
