@@ -22,8 +22,10 @@ of connections; only 127.0.0.1 is used and every client is bounded in time.
     python -m benchmarks._echoload hold --port P --count N
         Open N connections, send one byte on each and wait for all echoes
         (then every session is established end to end), print C{READY n};
-        then on stdin: C{ping} (one byte through every connection again,
-        prints C{PINGED n}), C{quit} (or EOF) closes them all.
+        then on stdin: C{ping [SECONDS]} (one byte through every connection
+        again, in waves back to back for that long; prints C{PINGED n waves}
+        with n the connections that answered the last wave), C{quit} (or
+        EOF) closes them all.
 """
 
 import argparse
@@ -275,10 +277,17 @@ def hold(args):
     ok = _ping_all(socks, time.monotonic() + 60)
     print("READY %d" % ok, flush=True)
     for line in sys.stdin:
-        cmd = line.strip()
-        if cmd == "ping":
-            print("PINGED %d" % _ping_all(socks, time.monotonic() + 60), flush=True)
-        elif cmd == "quit":
+        cmd = line.split()
+        if cmd and cmd[0] == "ping":  # "ping SECONDS": waves back to back for that long
+            end = time.monotonic() + (float(cmd[1]) if len(cmd) > 1 else 0)
+            waves = 0
+            while True:
+                ok = _ping_all(socks, time.monotonic() + 60)
+                waves += 1
+                if time.monotonic() >= end:
+                    break
+            print("PINGED %d %d" % (ok, waves), flush=True)
+        elif cmd == ["quit"]:
             break
     for s in socks:
         s.close()

@@ -9,11 +9,12 @@ interpreter.
         counts), C{report} (print one JSON line: datagrams, bytes, first and
         last arrival), C{quit}.
 
-    python -m benchmarks._udpload send --port P --size S --seconds T [--rate R]
+    python -m benchmarks._udpload send --port P --size S --seconds T [--rate R] [--clients N]
         Send S-byte datagrams on a connected socket for T seconds with
         C{sendmmsg} batches of 64 (all slots point at one buffer: no per
         datagram work), unpaced or paced to R datagrams/s; print one JSON
-        line (sent, seconds).
+        line (sent, seconds).  With C{--clients N}, N sockets (N client
+        addresses, so N relay sessions) take turns, a batch of 4 each.
 
     python -m benchmarks._udpload twisted-relay --listen P --connect Q
         The reference: a plain Twisted C{DatagramProtocol} relay, the
@@ -22,7 +23,9 @@ interpreter.
     python -m benchmarks._udpload splice-relay --listen P --connect Q
         L{splicing.udp.UDPRelayService}.
 
-Relays print C{READY} once listening.
+Relays print C{READY} once listening, and answer C{counters} on stdin with
+one JSON line (the splice relay's L{UDPRelayService.counters}; C{{}} for
+the Twisted relay, which has no sessions).
 """
 
 import argparse
@@ -115,9 +118,15 @@ def recv(args):
 
 
 def send(args):
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    _bigBuffers(sock)
-    sock.connect(("127.0.0.1", args.port))
+    socks = []
+    for _ in range(args.clients):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        if args.clients == 1:
+            _bigBuffers(sock)
+        sock.connect(("127.0.0.1", args.port))
+        socks.append(sock)
+    if args.clients > 1:
+        return _sendFromMany(args, socks)
     payload = bytearray(b"x" * args.size)
     vec = None
     if mmsg.available:
@@ -152,7 +161,38 @@ def send(args):
     _emit({"sent": sent, "seconds": time.monotonic() - start})
 
 
+def _sendFromMany(args, socks):
+    """Unpaced, round-robin over the client sockets, PER_CLIENT datagrams each."""
+    per = 4
+    payload = bytearray(b"x" * args.size)
+    vec = mmsg.vector(per)
+    vec.setBuffers(0, [payload] * per)
+    vec.setGroups([(i, 1, args.size) for i in range(per)])
+    sent = 0
+    start = time.monotonic()
+    end = start + args.seconds
+    while time.monotonic() < end:
+        for sock in socks:
+            try:
+                sent += vec.send(sock, 0, per)
+            except (BlockingIOError, ConnectionRefusedError):
+                pass
+    _emit({"sent": sent, "seconds": time.monotonic() - start})
+
+
 # -- relays ----------------------------------------------------------------
+
+
+def _answerCounters(reactor, counters):
+    """A thread reading stdin commands; C{counters} prints one JSON line."""
+    import threading
+
+    def read():
+        for line in sys.stdin:
+            if line.strip() == "counters":
+                reactor.callFromThread(lambda: _emit(counters()))
+
+    threading.Thread(target=read, daemon=True).start()
 
 
 def twistedRelay(args):
@@ -184,6 +224,7 @@ def twistedRelay(args):
     for p in (fp, bp):  # the same buffers as the splice relay gets
         for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             p.socket.setsockopt(socket.SOL_SOCKET, opt, RELAY_BUFFER)
+    _answerCounters(reactor, dict)
     reactor.callWhenRunning(lambda: print("READY", flush=True))
     reactor.run()
 
@@ -198,6 +239,7 @@ def spliceRelay(args):
         reactor=reactor, socketBuffer=RELAY_BUFFER,
     )
     service.startService()
+    _answerCounters(reactor, service.counters)
     reactor.callWhenRunning(lambda: print("READY", flush=True))
     reactor.run()
 
@@ -212,6 +254,7 @@ def main(argv=None):
     s.add_argument("--size", type=int, default=64)
     s.add_argument("--seconds", type=float, default=2.0)
     s.add_argument("--rate", type=float, default=0.0, help="datagrams/s (0: unpaced)")
+    s.add_argument("--clients", type=int, default=1, help="client sockets (relay sessions)")
     for name in ("twisted-relay", "splice-relay"):
         p = sub.add_parser(name)
         p.add_argument("--listen", type=int, required=True)

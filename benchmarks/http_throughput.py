@@ -14,7 +14,9 @@ uploads one body per run.  Paths compared, each relay in its own process:
     bodies spliced);
   - C{tcp-relay}: the project's plain TCP relay (C{benchmarks.splice_relay
     --backend auto});
-  - C{reverse-proxy}: C{twisted.web.proxy.ReverseProxyResource} in a Site.
+  - C{reverse-proxy}: C{twisted.web.proxy.ReverseProxyResource} in a Site;
+  - C{haproxy-http}: HAProxy in HTTP mode (keep-alive, forced splicing, 1 MiB
+    pipes), when installed.
 
 Runs are interleaved round-robin, N times; the table gives the median GB/s
 (1e9 bytes / client wall time) and the ratios the targets are about:
@@ -36,7 +38,7 @@ import threading
 import time
 
 from benchmarks.tcp_throughput import (
-    PY, ROOT, BenchError, _env, fmt, free_port, kill, proc_cpu, wait_listening,
+    PY, ROOT, BenchError, _env, fmt, free_port, haproxy_command, kill, proc_cpu, wait_listening,
 )
 
 RELAYS = ["direct", "http-proxy", "tcp-relay", "reverse-proxy"]
@@ -83,6 +85,8 @@ class Relay:
             return [PY, "-m", "benchmarks._httpload", "proxy", "--listen", str(port), "--connect", d]
         if self.name == "reverse-proxy":
             return [PY, "-m", "benchmarks._httpload", "reverseproxy", "--listen", str(port), "--connect", d]
+        if self.name == "haproxy-http":
+            return haproxy_command(self.workdir, port, d, "http")
         if self.name == "tcp-relay":
             return [PY, "-m", "benchmarks.splice_relay", "--listen", str(port), "--connect", d,
                     "--backend", "auto"]
@@ -151,6 +155,18 @@ def main(argv=None):
     w("http_throughput: %d MiB bodies, %d interleaved repetitions, %d CPUs, Python %s\n"
       % (args.size_mib, args.repeat, os.cpu_count(), sys.version.split()[0]))
     sys.stdout.flush()
+    results, failures = measure(names, nbytes, args.repeat, args.small_seconds, args.verbose)
+    report(names, results, failures, args)
+    w("(total %.0f s)\n" % (time.monotonic() - t_start))
+    return 1 if failures else 0
+
+
+def measure(names, nbytes, repeat, small_seconds, verbose=False):
+    """
+    Start the relays, warm each up with every case, then C{repeat}
+    interleaved rounds; returns ({(relay, case): [client results]}, failures).
+    """
+    w = sys.stdout.write
     workdir = tempfile.mkdtemp(prefix="splicing-httpbench-")
     origin, relays, failures = None, {}, []
     results = {(n, c): [] for n in names for c in CASES + [("small", False)]}
@@ -175,29 +191,27 @@ def main(argv=None):
                         raise BenchError("%s: %s" % (case_name((what, chunked)), res["error"]))
             except BenchError as e:
                 failures.append("%s warm-up failed: %s" % (n, e))
-        for rep in range(args.repeat):
+        for rep in range(repeat):
             for case in CASES + [("small", False)]:
                 for n in relays:
                     what, chunked = case
                     if (n, case) in UNSUPPORTED:
                         continue
                     try:
-                        res = run_client(relays[n], what, nbytes, chunked, args.small_seconds)
+                        res = run_client(relays[n], what, nbytes, chunked, small_seconds)
                     except BenchError as e:
                         res = {"error": str(e)}
                     if res.get("error"):
                         failures.append("%s, %s, run %d: %s" % (n, case_name(case) if what != "small"
                                                                 else "small", rep + 1, res["error"]))
                     results[(n, case)].append(res)
-                    if args.verbose and not res.get("error"):
+                    if verbose and not res.get("error"):
                         w("  run %d %-14s %-28s %s\n" % (rep + 1, n, case_name(case) if what != "small" else "small",
                                                         "%.2f GB/s" % (res["bytes"] / res["secs"] / 1e9)
                                                         if what != "small" else "%.0f req/s"
                                                         % (res["requests"] / res["secs"])))
                         sys.stdout.flush()
-        report(names, results, failures, args)
-        w("(total %.0f s)\n" % (time.monotonic() - t_start))
-        return 1 if failures else 0
+        return results, failures
     finally:
         for r in relays.values():
             kill(r.proc)
@@ -253,6 +267,69 @@ def report(names, results, failures, args, out=sys.stdout):
               "de-chunked body: the upload never completes)\n" % (n, case_name(case)))
     for f in failures:
         w("failure: %s\n" % f)
+
+
+def suite(ctx):
+    """Body throughput both ways and small keep-alive requests, against the peers."""
+    from benchmarks import charts
+    from benchmarks.report import Spread, Table, Verdict, ratio
+    from benchmarks.scenario import Chart, Outcome
+
+    names = RELAYS + (["haproxy-http"] if "haproxy" in ctx.peer_relays() else [])
+    size_mib, repeat, small = ctx.pick(256, 16), ctx.pick(2, 1), ctx.pick(2.0, 0.5)
+    ctx.log("http: %s, %d MiB bodies, %g s of small requests, x %d" % (
+        ", ".join(names), size_mib, small, repeat))
+    results, failures = measure(names, size_mib << 20, repeat, small)
+    ok = lambda runs: [r for r in runs if not r.get("error") and r.get("secs")]
+    gbps = {k: Spread.of([r["bytes"] / r["secs"] / 1e9 for r in ok(v)]) for k, v in results.items()}
+    cpu = {k: Spread.of([r["relay_cpu"] / (r["bytes"] / 1e9) for r in ok(v)
+                         if r.get("relay_cpu") is not None and r["bytes"]]) for k, v in results.items()}
+    body = Table(
+        "http-bodies", "HTTP bodies through the HTTP proxy",
+        "One request per run with a %d MiB body, Content-Length or 1 MiB chunks, downloaded "
+        "(client recv_into) or uploaded (origin counts); GB/s = body bytes / client wall time; "
+        "relay CPU s/GB of the relay process; `http-proxy` is splicing's HTTP-filtering proxy, "
+        "`tcp-relay` splicing's plain TCP relay (no HTTP parsing: the ceiling the proxy "
+        "aims at), `reverse-proxy` twisted.web's ReverseProxyResource; %d interleaved runs, "
+        "median (min-max)." % (size_mib, repeat),
+        [("relay", "relay", "%s"), ("case", "body", "%s"), ("gbps", "GB/s", "%.2f"),
+         ("cpu", "relay CPU s/GB", "%.3f")])
+    for case in CASES:
+        for n in names:
+            if (n, case) in UNSUPPORTED:
+                continue
+            body.rows.append({"relay": n, "case": case_name(case), "gbps": gbps[(n, case)],
+                              "cpu": cpu[(n, case)]})
+        px = gbps[("http-proxy", case)]
+        if ("reverse-proxy", case) not in UNSUPPORTED:
+            body.verdicts.append(Verdict("HTTP %s: proxy vs reverse proxy" % case_name(case),
+                                         ratio(px, gbps.get(("reverse-proxy", case))),
+                                         THROUGHPUT_VS_REVERSE))
+        body.verdicts.append(Verdict("HTTP %s: proxy vs TCP relay" % case_name(case),
+                                     ratio(px, gbps[("tcp-relay", case)]), THROUGHPUT_VS_TCP))
+    body.notes.append("twisted.web's reverse proxy cannot relay a chunked upload (it forwards "
+                      "Transfer-Encoding: chunked with the de-chunked body), so it has no row there.")
+    key = ("small", False)
+    rps = {n: Spread.of([r["requests"] / r["secs"] for r in ok(results[(n, key)])]) for n in names}
+    small_t = Table(
+        "http-small", "HTTP small keep-alive requests",
+        "Requests/s on one keep-alive connection, one request at a time (GET, 1 KiB response "
+        "body), %g s per run; %d interleaved runs, median (min-max)." % (small, repeat),
+        [("relay", "relay", "%s"), ("rps", "requests/s", "%.0f"), ("xrev", "x reverse proxy", "%.2f"),
+         ("xha", "x haproxy-http", "%.2f")])
+    for n in names:
+        small_t.rows.append({"relay": n, "rps": rps[n], "xrev": ratio(rps[n], rps.get("reverse-proxy")),
+                             "xha": ratio(rps[n], rps.get("haproxy-http"))})
+    small_t.verdicts.append(Verdict("HTTP small requests: proxy vs reverse proxy",
+                                    ratio(rps["http-proxy"], rps.get("reverse-proxy")), 1.0))
+    if "haproxy-http" in names:
+        small_t.verdicts.append(Verdict("HTTP small requests: proxy vs HAProxy (HTTP mode)",
+                                        ratio(rps["http-proxy"], rps.get("haproxy-http")), 1.0))
+    items = [("%s\n%s" % (n, case_name(c).replace("download", "dl").replace("upload", "ul")),
+              gbps.get((n, c))) for c in CASES for n in names if n != "direct" and (n, c) not in UNSUPPORTED]
+    chart = Chart("http.png", "HTTP body throughput", lambda path: charts.bars(
+        path, "HTTP bodies, %d MiB (median, whiskers min-max)" % size_mib, "GB/s", items))
+    return Outcome([body, small_t], [chart], ["http: %s" % f for f in failures])
 
 
 if __name__ == "__main__":

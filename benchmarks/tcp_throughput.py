@@ -53,9 +53,9 @@ DIRECT_HEADROOM = 1.5
 class Receiver:
     """The receiver server process; its JSON result lines, by run id."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, many=False):
         self.proc = subprocess.Popen(
-            [PY, "-m", "benchmarks._load", "recv"],
+            [PY, "-m", "benchmarks._load", "recv"] + (["--many"] if many else []),
             cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
             stderr=open(os.path.join(workdir, "receiver.log"), "wb"),
             start_new_session=True, text=True,
@@ -91,6 +91,33 @@ class Receiver:
                 return r
 
 
+def haproxy_command(workdir, port, dest, mode):
+    """
+    HAProxy in its best configuration here: forced splicing both ways with
+    1 MiB pipes (docs: perf baseline), in C{mode} C{"tcp"} or C{"http"}
+    (keep-alive both sides).
+    """
+    cfg = os.path.join(workdir, "haproxy-%s-%d.cfg" % (mode, port))
+    with open(cfg, "w") as f:
+        f.write(
+            "global\n"
+            "    tune.pipesize 1048576\n"
+            "defaults\n"
+            "    mode %s\n"
+            "    timeout connect 5s\n"
+            "    timeout client 60s\n"
+            "    timeout server 60s\n"
+            "    option splice-request\n"
+            "    option splice-response\n"
+            "%s"
+            "listen relay\n"
+            "    bind 127.0.0.1:%d\n"
+            "    server dest 127.0.0.1:%s\n" % (
+                mode, "    option http-keep-alive\n" if mode == "http" else "", port, dest)
+        )
+    return [shutil.which("haproxy"), "-db", "-f", cfg]
+
+
 class Relay:
     """One relay under test: a process (or none, for direct) and a port."""
 
@@ -122,23 +149,7 @@ class Relay:
             return [PY, "-m", "benchmarks._protorelay", "--listen", str(port),
                     "--connect", d, "--mode", self.name[len("proto-"):]]
         if self.name == "haproxy":
-            cfg = os.path.join(self.workdir, "haproxy.cfg")
-            with open(cfg, "w") as f:
-                f.write(
-                    "global\n"
-                    "    tune.pipesize 1048576\n"
-                    "defaults\n"
-                    "    mode tcp\n"
-                    "    timeout connect 5s\n"
-                    "    timeout client 60s\n"
-                    "    timeout server 60s\n"
-                    "    option splice-request\n"
-                    "    option splice-response\n"
-                    "listen relay\n"
-                    "    bind 127.0.0.1:%d\n"
-                    "    server dest 127.0.0.1:%s\n" % (port, d)
-                )
-            return [shutil.which("haproxy"), "-db", "-f", cfg]
+            return haproxy_command(self.workdir, port, d, "tcp")
         if self.name == "socat":
             return [shutil.which("socat"),
                     "TCP4-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork" % port,

@@ -22,35 +22,20 @@ offered rate.  Only 127.0.0.1 is used; every process is killed on exit.
 
 import argparse
 import json
-import os
 import queue
 import socket
 import statistics
 import subprocess
-import sys
 import threading
 import time
 
-from benchmarks.tcp_throughput import free_port
-from benchmarks.tcp_throughput import kill
+from benchmarks.procs import PY, ROOT, BenchError, _env, free_port, kill, proc_cpu
 
-PY = sys.executable
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 RELAYS = ("direct", "twisted", "splice")
 SIZES = (64, 1400)
 TARGET = 2.0  # splice vs twisted, forwarded datagrams/s
-
-
-class BenchError(Exception):
-    pass
-
-
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+CLIENTS = 1000  # the many-sessions run: client sockets at once
+CLIENTS_SIZE = 512
 
 
 def _spawn(args, **kw):
@@ -58,12 +43,6 @@ def _spawn(args, **kw):
         [PY, "-m", "benchmarks._udpload"] + args, cwd=ROOT, env=_env(),
         start_new_session=True, text=True, **kw,
     )
-
-
-def proc_cpu(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        rest = f.read().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in rest[11:13]) / CLK_TCK
 
 
 class Receiver:
@@ -102,14 +81,15 @@ class Relay:
         self.port = free_port(socket.SOCK_DGRAM)
         self.proc = _spawn(
             ["%s-relay" % name, "--listen", str(self.port), "--connect", str(backendPort)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         )
-        ready = queue.Queue()
-        threading.Thread(target=lambda: [ready.put(l) for l in self.proc.stdout], daemon=True).start()
+        self.lines = queue.Queue()
+        threading.Thread(target=lambda: [self.lines.put(l) for l in self.proc.stdout],
+                         daemon=True).start()
         deadline = time.monotonic() + 15
         while True:
             try:
-                if ready.get(timeout=max(0.1, deadline - time.monotonic())).startswith("READY"):
+                if self.lines.get(timeout=max(0.1, deadline - time.monotonic())).startswith("READY"):
                     return
             except queue.Empty:
                 raise BenchError("relay %s did not start" % name) from None
@@ -117,11 +97,23 @@ class Relay:
     def cpu(self):
         return proc_cpu(self.proc.pid) if self.proc is not None else None
 
+    def counters(self):
+        """The relay's own counters (sessions, ...); {} for direct and the Twisted relay."""
+        if self.proc is None:
+            return {}
+        self.proc.stdin.write("counters\n")
+        self.proc.stdin.flush()
+        try:
+            return json.loads(self.lines.get(timeout=10))
+        except queue.Empty:
+            raise BenchError("relay %s did not report its counters" % self.name) from None
 
-def run(receiver, relay, size, seconds, rate):
+
+def run(receiver, relay, size, seconds, rate, clients=1):
     receiver.command("reset")
     cpu0 = relay.cpu()
-    args = ["send", "--port", str(relay.port), "--size", str(size), "--seconds", str(seconds)]
+    args = ["send", "--port", str(relay.port), "--size", str(size), "--seconds", str(seconds),
+            "--clients", str(clients)]
     if rate:
         args += ["--rate", str(rate)]
     sender = _spawn(args, stdout=subprocess.PIPE)
@@ -134,7 +126,7 @@ def run(receiver, relay, size, seconds, rate):
     got = receiver.command("report")
     cpu = relay.cpu()
     return {
-        "relay": relay.name, "size": size, "rate": rate,
+        "relay": relay.name, "size": size, "rate": rate, "clients": clients,
         "sent": sent["sent"], "received": got["datagrams"], "seconds": sent["seconds"],
         "offered_pps": sent["sent"] / sent["seconds"],
         "pps": got["datagrams"] / sent["seconds"],
@@ -155,29 +147,56 @@ def main(argv=None):
     parser.add_argument("--rates", default="100000,200000",
                         help="paced offered rates, datagrams/s, comma-separated (default 100000,200000)")
     parser.add_argument("--json", action="store_true", help="also print every run as a JSON line")
+    parser.add_argument("--clients", type=int, default=0,
+                        help="also run with this many client sockets at once (%d B datagrams)"
+                             % CLIENTS_SIZE)
     args = parser.parse_args(argv)
     rates = [int(r) for r in args.rates.split(",") if r]
+    started = time.monotonic()
+    results, counters = measure(args.seconds, args.repeat, rates, args.clients,
+                                log=lambda r: args.json and print(json.dumps(r), flush=True))
+    report(results, rates)
+    if args.clients:
+        by = {}
+        for r in results:
+            if r["clients"] == args.clients:
+                by.setdefault(r["relay"], []).append(r)
+        print("\n%d clients at once, %d B, unpaced:" % (args.clients, CLIENTS_SIZE))
+        for name, rs in by.items():
+            print("  %-8s fwd %8.1f kpps, loss %5.1f%%" % (
+                name, median(rs, "pps") / 1e3, 100 * median(rs, "loss")))
+        print("  splice relay counters: %s" % json.dumps(counters))
+    print("\n(%.0f s in all)" % (time.monotonic() - started))
+
+
+def measure(seconds, repeat, rates, clients=0, log=lambda result: None):
+    """
+    Every run, interleaved over the relays: C{repeat} unpaced runs and one
+    per paced rate for each size; then, with C{clients}, C{repeat} unpaced
+    runs from that many client sockets at once.  Returns (run dicts, the
+    splice relay's counters after the many-clients runs).
+    """
     procs = []
     results = []
-    started = time.monotonic()
+    counters = {}
     try:
         receiver = Receiver()
         procs.append(receiver.proc)
         relays = [Relay(name, receiver.port) for name in RELAYS]
         procs += [r.proc for r in relays]
-        for size in SIZES:
-            plan = [0] * args.repeat + rates
-            for rate in plan:
-                for relay in relays:  # interleaved: drift hits every relay alike
-                    r = run(receiver, relay, size, args.seconds, rate)
-                    results.append(r)
-                    if args.json:
-                        print(json.dumps(r), flush=True)
+        plans = [(size, rate, 1) for size in SIZES for rate in [0] * repeat + rates]
+        plans += [(CLIENTS_SIZE, 0, clients)] * (repeat if clients else 0)
+        for size, rate, n in plans:
+            for relay in relays:  # interleaved: drift hits every relay alike
+                r = run(receiver, relay, size, seconds, rate, n)
+                results.append(r)
+                log(r)
+        if clients:
+            counters = relays[-1].counters()
     finally:
         for p in procs:
             kill(p)
-    report(results, rates)
-    print("\n(%.0f s in all)" % (time.monotonic() - started))
+    return results, counters
 
 
 def report(results, rates):
@@ -220,6 +239,63 @@ def report(results, rates):
     bad = [r for r in results if not r["bytes_ok"]]
     if bad:
         print("\nWARNING: %d runs received datagrams of the wrong size" % len(bad))
+
+
+def suite(ctx):
+    """Datagrams/s one client and 1,000 clients at once: splice vs a plain Twisted relay."""
+    from benchmarks import charts
+    from benchmarks.report import Spread, Table, Verdict, ratio
+    from benchmarks.scenario import Chart, Outcome
+
+    seconds, repeat = ctx.pick(1.5, 0.4), ctx.pick(3, 1)
+    clients = ctx.pick(CLIENTS, 50)
+    ctx.log("udp: %s, sizes %s and %d clients, %g s x %d" % (
+        ", ".join(RELAYS), SIZES, clients, seconds, repeat))
+    results, counters = measure(seconds, repeat, [], clients)
+    table = Table(
+        "udp", "UDP datagrams per second",
+        "Unpaced senders with sendmmsg batches for %g s per run, to a receiver counting with "
+        "recvmmsg (all separate processes); `fwd kpps` = datagrams the receiver got per second "
+        "of sending; loss = 1 - received/sent; relay CPU as a fraction of one core; both relays "
+        "get 4 MiB socket buffers; %d interleaved runs, median (min-max). `clients`: 1 = one "
+        "client socket (one relay session); %d = that many client sockets taking turns, %d "
+        "datagrams each per turn, so the splice relay runs that many sessions at once "
+        "(client to backend direction)." % (seconds, repeat, clients, 4),
+        [("relay", "relay", "%s"), ("clients", "clients", "%d"), ("size", "bytes", "%d"),
+         ("pps", "fwd kpps", "%.1f"), ("xtw", "x twisted", "%.2f"), ("loss", "loss", "%.1f%%"),
+         ("cpu", "relay CPU", "%.0f%%")])
+    by = {}
+    for r in results:
+        by.setdefault((r["relay"], r["size"], r["clients"]), []).append(r)
+    cases = [(size, 1) for size in SIZES] + [(CLIENTS_SIZE, clients)]
+    summ = {}
+    for (name, size, n), rs in by.items():
+        summ[(name, size, n)] = {
+            "pps": Spread.of([r["pps"] / 1e3 for r in rs]),
+            "loss": Spread.of([100 * r["loss"] for r in rs]),
+            "cpu": Spread.of([100 * r["cpu"] for r in rs if r["cpu"] is not None])}
+    for size, n in cases:
+        tw = summ.get(("twisted", size, n), {}).get("pps")
+        for name in RELAYS:
+            s = summ.get((name, size, n), {})
+            table.rows.append({"relay": name, "clients": n, "size": size, "pps": s.get("pps"),
+                               "xtw": ratio(s.get("pps"), tw) if name != "direct" else None,
+                               "loss": s.get("loss"), "cpu": s.get("cpu")})
+        table.verdicts.append(Verdict("UDP %d B, %d client%s: splice vs Twisted relay" % (
+            size, n, "s" if n > 1 else ""), ratio(summ.get(("splice", size, n), {}).get("pps"), tw),
+            TARGET))
+    if counters:
+        table.notes.append(
+            "The splice relay's own counters after the %d-client runs: %d sessions created in all "
+            "(%d per run expected), %d dropped over the cap, %d forwarded in user land (first "
+            "datagrams and those that reached the listener before a session existed)." % (
+                clients, counters.get("sessionsTotal", 0), clients, counters.get("dropped", 0),
+                counters.get("userland", 0)))
+    items = [("%s %dB%s" % (name, size, " x%d" % n if n > 1 else ""),
+              summ.get((name, size, n), {}).get("pps")) for size, n in cases for name in RELAYS]
+    chart = Chart("udp.png", "UDP forwarding rate", lambda path: charts.bars(
+        path, "UDP datagrams forwarded per second (unpaced sender)", "thousand datagrams/s", items))
+    return Outcome([table], [chart], [])
 
 
 if __name__ == "__main__":

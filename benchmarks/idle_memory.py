@@ -1,0 +1,200 @@
+"""
+Memory of idle spliced sessions: 10,000 TCP sessions held open through
+C{twistd splice tcp}, with the relay's RSS and the pipes it holds counted.
+
+    python -m benchmarks.idle_memory [--sessions 10000]
+
+The kernel path borrows a pipe only while bytes sit in it, so an idle
+session should hold two sockets and a little Python state, no pipe.  Every
+process's descriptors are capped at 20,000 here (the hard limit), and a
+session takes two relay sockets: one relay process can hold 9,999 at most.
+So the relay runs as C{--workers 2} when C{twistd splice tcp} has that
+option (RSS summed over all its processes), and otherwise as two relay
+processes, each holding half the sessions (RSS summed over both).  The load
+is split too: holder processes of 2,500 connections each
+(L{benchmarks._echoload} C{hold}) and one echo origin per 5,000 sessions.
+
+Measured: RSS and pipes of the relay before any session (baseline), with
+every session established and idle, the most pipes seen while one byte
+crosses every session both ways (ping waves, for two seconds), and after.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from benchmarks.procs import Load, descendants, pipe_fds, rss
+from benchmarks.tcp_throughput import Relay, twistd
+
+TARGET_MIB = 200
+PER_HOLDER = 2500
+PER_ORIGIN = 5000
+WAVE_SECONDS = 2.0  # ping waves back to back, while the pipes are counted
+
+
+def has_workers_option():
+    """Whether C{twistd splice tcp} has landed C{--workers}."""
+    out = subprocess.run([twistd(), "splice", "tcp", "--help"], capture_output=True, text=True,
+                         timeout=60)
+    return "--workers" in out.stdout
+
+
+def relay_pids(relays):
+    return [p for r in relays for p in descendants(r.proc.pid)]
+
+
+def sample(relays):
+    pids = relay_pids(relays)
+    return {"rss": sum(rss(p) for p in pids), "pipes": sum(pipe_fds(p) for p in pids),
+            "processes": len(pids)}
+
+
+class PipeWatch:
+    """Counts the relay's pipes over and over in a thread; keeps the maximum."""
+
+    def __init__(self, relays):
+        self.relays, self.max, self.samples = relays, 0, 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stopping.is_set():
+            self.max = max(self.max, sum(pipe_fds(p) for p in relay_pids(self.relays)))
+            self.samples += 1
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join(10)
+        return self.max
+
+
+def measure(sessions, log=lambda m: None):
+    workdir = tempfile.mkdtemp(prefix="splicing-idle-")
+    workers = has_workers_option()
+    instances = 1 if workers else 2
+    norigins = max(1, -(-sessions // PER_ORIGIN))
+    loads, relays = [], []
+    try:
+        origins = [Load("benchmarks._echoload", ["origin"], workdir, name="origin%d" % i)
+                   for i in range(norigins)]
+        loads += origins
+        ports = [o.port() for o in origins]
+        for i in range(instances):
+            sub = os.path.join(workdir, "relay%d" % i)
+            os.mkdir(sub)
+            r = Relay("splice", sub, ports[i % len(ports)],
+                      extra=["--workers", "2"] if workers else [])
+            relays.append(r)
+            r.start()
+        time.sleep(1.0)  # workers forked, probe sessions ended
+        base = sample(relays)
+        log("idle memory: relay baseline %.1f MiB, %d pipes, %d processes" % (
+            base["rss"] / 2**20, base["pipes"], base["processes"]))
+        t0 = time.monotonic()
+        holders = []
+        left = sessions
+        while left > 0:
+            n = min(PER_HOLDER, left)
+            relay = relays[len(holders) % len(relays)]
+            holders.append(Load("benchmarks._echoload", ["hold", "--port", relay.port, "--count", n],
+                                workdir, commands=True, name="hold%d" % len(holders)))
+            left -= n
+        loads += holders
+        held = sum(int(h.expect("READY", 120).split()[1]) for h in holders)
+        setup = time.monotonic() - t0
+        time.sleep(1.0)
+        idle = sample(relays)
+        log("idle memory: %d sessions in %.1f s, relay %.1f MiB, %d pipes" % (
+            held, setup, idle["rss"] / 2**20, idle["pipes"]))
+        watch = PipeWatch(relays)
+        for h in holders:
+            h.send("ping %g" % WAVE_SECONDS)
+        answers = [h.expect("PINGED", 120).split() for h in holders]
+        pinged = sum(int(a[1]) for a in answers)
+        waves = min(int(a[2]) for a in answers)
+        wave_max = watch.stop()
+        time.sleep(0.5)
+        after = sample(relays)
+        for h in holders:
+            h.send("quit")
+        return {"sessions": sessions, "held": held, "pinged": pinged, "setup": setup,
+                "workers": workers, "instances": instances, "holders": len(holders),
+                "origins": norigins, "base": base, "idle": idle, "after": after,
+                "wave_max": wave_max, "wave_samples": watch.samples, "waves": waves}
+    finally:
+        for r in relays:
+            r.stop()
+        for load in loads:
+            load.stop()
+
+
+def suite(ctx):
+    from benchmarks.report import Table, Verdict
+    from benchmarks.scenario import Outcome
+
+    sessions = ctx.pick(10000, 400)
+    ctx.log("idle memory: %d sessions" % sessions)
+    m = measure(sessions, ctx.log)
+    mib = lambda b: b / 2**20
+    how = ("one `twistd splice tcp --workers 2` (RSS of all its processes)" if m["workers"] else
+           "two `twistd splice tcp` processes, half the sessions each (`--workers` has not "
+           "landed; one process cannot hold 10,000 sessions = 20,000 sockets under the 20,000 "
+           "descriptor limit); RSS summed over both")
+    table = Table(
+        "memory", "Memory of idle spliced sessions",
+        "%d TCP sessions opened through %s, by %d holder processes, to %d echo origin "
+        "process(es); each session carried one byte each way and then sat idle. RSS from "
+        "/proc/PID/status; pipes = /proc/PID/fd entries that are pipes (the relay's own "
+        "reactor waker pipes are in the baseline). Ping waves send one more byte each way "
+        "through every session, back to back for %g s (at least %d waves), while the pipes "
+        "are counted continuously (%d samples)." % (
+            m["held"], how, m["holders"], m["origins"], WAVE_SECONDS, m["waves"],
+            m["wave_samples"]),
+        [("relay", "state", "%s"), ("sessions", "sessions", "%d"), ("rss", "relay RSS MiB", "%.1f"),
+         ("pipes", "pipe fds", "%d")])
+    table.rows += [
+        {"relay": "baseline (no session)", "sessions": 0, "rss": mib(m["base"]["rss"]),
+         "pipes": m["base"]["pipes"]},
+        {"relay": "idle", "sessions": m["held"], "rss": mib(m["idle"]["rss"]),
+         "pipes": m["idle"]["pipes"]},
+        {"relay": "most during the ping wave", "sessions": m["pinged"], "rss": None,
+         "pipes": m["wave_max"]},
+        {"relay": "after the ping wave", "sessions": m["held"], "rss": mib(m["after"]["rss"]),
+         "pipes": m["after"]["pipes"]},
+    ]
+    per = (m["idle"]["rss"] - m["base"]["rss"]) / m["held"] if m["held"] else None
+    table.notes.append("Bytes per idle session (RSS growth / sessions): %s; sessions "
+                       "established in %.1f s." % ("%.0f" % per if per else "-", m["setup"]))
+    goal = TARGET_MIB if sessions >= 10000 else TARGET_MIB * sessions / 10000.0
+    table.verdicts.append(Verdict("Memory: RSS of %d idle sessions, MiB" % m["held"],
+                                  mib(m["idle"]["rss"]), goal, higher=False, unit=" MiB"))
+    table.verdicts.append(Verdict("Memory: pipes held by idle sessions", m["idle"]["pipes"]
+                                  - m["base"]["pipes"], 0, higher=False, unit=""))
+    failures = []
+    if m["held"] < sessions or m["pinged"] < m["held"]:
+        failures.append("memory: %d of %d sessions established, %d answered the ping wave" % (
+            m["held"], sessions, m["pinged"]))
+    return Outcome([table], [], failures)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.idle_memory",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--sessions", type=int, default=10000)
+    args = p.parse_args(argv)
+    m = measure(args.sessions, print)
+    for k in ("base", "idle", "after"):
+        print("%-6s RSS %7.1f MiB  pipes %d" % (k, m[k]["rss"] / 2**20, m[k]["pipes"]))
+    print("most pipes during the ping wave: %d (%d samples)" % (m["wave_max"], m["wave_samples"]))
+    if m["held"]:
+        print("bytes per idle session: %.0f" % ((m["idle"]["rss"] - m["base"]["rss"]) / m["held"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
