@@ -25,6 +25,12 @@ from splicing.result import Reason
 #: (more would copy chunk data through Python).
 FRAMING_READ = 4096
 
+#: A stream read that returns less than asked and less than this emptied the
+#: socket (small messages): the loop does not read again until the next read
+#: event, which saves a failing system call per message.  Bulk reads stop
+#: short of a pipe for other reasons (pipe slots), so they read again.
+SHORT_READ = 65536
+
 #: Passes of the loop per readiness event: bounds the time one splice holds
 #: the reactor (each pass moves up to a pipe or an in-flight budget).
 ROUNDS = 8
@@ -181,6 +187,8 @@ class SocketSplice(SpliceBase):
                             self._stop = Reason.EOF
                         elif mover.crossed:
                             self._stop = Reason.SHORT
+                        elif n < limit and n < SHORT_READ and not self._src.datagram:
+                            self._dry = True  # it took all there was: spare the EAGAIN call
             if not progress:
                 break
             moved = True
