@@ -72,6 +72,41 @@ def bars(path, title, ylabel, items, note=None):
     plt.close(fig)
 
 
+def grouped(path, title, ylabel, groups, series, note=None):
+    """
+    C{groups}: the labels along x (cases); C{series}: C{{relay: [Spread or
+    None per group]}}; one coloured bar per relay in every group, whiskers
+    the min-max, the relays in the legend.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4.4), dpi=110)
+    colours = _colours(list(series))
+    width = 0.8 / max(1, len(series))
+    for i, (name, spreads) in enumerate(series.items()):
+        xs = [g + (i - (len(series) - 1) / 2.0) * width for g in range(len(groups))]
+        pts = [(x, s) for x, s in zip(xs, spreads) if s is not None]
+        if not pts:
+            continue
+        ax.bar([x for x, _ in pts], [s.median for _, s in pts], width,
+               yerr=[[s.median - s.lo for _, s in pts], [s.hi - s.median for _, s in pts]],
+               capsize=2, color=colours[name], label=name)
+        for x, s in pts:
+            ax.annotate("%.3g" % s.median, (x, s.median), textcoords="offset points",
+                        xytext=(0, 3), ha="center", fontsize=6.5, rotation=90, va="bottom")
+    ax.set_xticks(list(range(len(groups))))
+    ax.set_xticklabels(groups, fontsize=9)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=11)
+    ax.margins(y=0.2)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=min(len(series), 5), loc="upper center", bbox_to_anchor=(0.5, -0.1))
+    if note:
+        fig.text(0.01, 0.01, note, fontsize=7, color="#555555")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def latency_cdf(path, title, series, note=None):
     """
     C{series}: C{{relay: [round-trip microseconds]}}; one cumulative curve

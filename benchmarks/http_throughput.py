@@ -325,10 +325,12 @@ def suite(ctx):
     if "haproxy-http" in names:
         small_t.verdicts.append(Verdict("HTTP small requests: proxy vs HAProxy (HTTP mode)",
                                         ratio(rps["http-proxy"], rps.get("haproxy-http")), 1.0))
-    items = [("%s\n%s" % (n, case_name(c).replace("download", "dl").replace("upload", "ul")),
-              gbps.get((n, c))) for c in CASES for n in names if n != "direct" and (n, c) not in UNSUPPORTED]
-    chart = Chart("http.png", "HTTP body throughput", lambda path: charts.bars(
-        path, "HTTP bodies, %d MiB (median, whiskers min-max)" % size_mib, "GB/s", items))
+    series = {n: [gbps.get((n, c)) if (n, c) not in UNSUPPORTED else None for c in CASES]
+              for n in names}
+    chart = Chart("http.png", "HTTP body throughput", lambda path: charts.grouped(
+        path, "HTTP bodies, %d MiB per request (median, whiskers min-max)" % size_mib, "GB/s",
+        [case_name(c).replace(" Content", "\nContent").replace(" chunked", "\nchunked")
+         for c in CASES], series))
     return Outcome([body, small_t], [chart], ["http: %s" % f for f in failures])
 
 

@@ -12,6 +12,7 @@ connection measured in the same run: it is what a relay adds.
 """
 
 import argparse
+import shutil
 import sys
 import tempfile
 
@@ -54,6 +55,7 @@ def measure(names, count, repeat, log=lambda m: None):
         for r in relays.values():
             r.stop()
         origin.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     return runs, failures
 
 

@@ -8,6 +8,7 @@ is a L{Spread}: the median of interleaved repetitions with its min-max, so a
 reader sees how far to trust it on a shared machine.
 """
 
+import math
 import statistics
 from dataclasses import dataclass, field
 
@@ -40,7 +41,7 @@ def percentile(values, p):
     if not values:
         return None
     s = sorted(values)
-    k = max(0, min(len(s) - 1, int(round(p / 100.0 * len(s) + 0.5)) - 1))
+    k = max(0, min(len(s) - 1, math.ceil(p / 100.0 * len(s)) - 1))
     return s[k]
 
 

@@ -14,6 +14,7 @@ session.  L{run_rate} is the load generator other benchmarks can reuse.
 """
 
 import argparse
+import shutil
 import sys
 import tempfile
 
@@ -69,6 +70,7 @@ def measure(names, seconds, repeat, concurrency, log=lambda m: None):
         for r in relays.values():
             r.stop()
         origin.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     return runs, failures
 
 

@@ -18,6 +18,7 @@ which is what decided backend="auto" for TCP (see docs/splice.md).
 """
 
 import argparse
+import shutil
 import queue
 import statistics
 import sys
@@ -98,6 +99,7 @@ def measure(names, counts, seconds, repeat, log=lambda m: None):
         for r in relays.values():
             r.stop()
         kill(receiver.proc)
+        shutil.rmtree(workdir, ignore_errors=True)
     return results, failures
 
 

@@ -291,10 +291,11 @@ def suite(ctx):
             "datagrams and those that reached the listener before a session existed)." % (
                 clients, counters.get("sessionsTotal", 0), clients, counters.get("dropped", 0),
                 counters.get("userland", 0)))
-    items = [("%s %dB%s" % (name, size, " x%d" % n if n > 1 else ""),
-              summ.get((name, size, n), {}).get("pps")) for size, n in cases for name in RELAYS]
-    chart = Chart("udp.png", "UDP forwarding rate", lambda path: charts.bars(
-        path, "UDP datagrams forwarded per second (unpaced sender)", "thousand datagrams/s", items))
+    series = {name: [summ.get((name, size, n), {}).get("pps") for size, n in cases]
+              for name in RELAYS}
+    chart = Chart("udp.png", "UDP forwarding rate", lambda path: charts.grouped(
+        path, "UDP datagrams forwarded per second (unpaced senders)", "thousand datagrams/s",
+        ["%d B, %d client%s" % (size, n, "s" if n > 1 else "") for size, n in cases], series))
     return Outcome([table], [chart], [])
 
 

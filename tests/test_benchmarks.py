@@ -1,0 +1,111 @@
+"""
+The benchmark suite must not rot: its arithmetic and report, its runner,
+its charts, and its load generators through a direct connection, in a few
+seconds (the real figures come from C{python -m benchmarks}).
+"""
+
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks import charts, report  # noqa: E402
+from benchmarks.report import Spread, Table, Verdict  # noqa: E402
+from benchmarks.scenario import Chart, Context, Outcome  # noqa: E402
+
+
+def test_spread_is_median_and_range():
+    s = Spread.of([3.0, 1.0, 2.0, None])
+    assert (s.median, s.lo, s.hi, s.n) == (2.0, 1.0, 3.0, 3)
+    assert s.format("%.1f") == "2.0 (1.0-3.0)"
+    assert Spread.of([5.0]).format("%.1f") == "5.0"
+    assert Spread.of([]) is None and Spread.of([None]) is None
+
+
+def test_percentile_nearest_rank():
+    values = list(range(100, 0, -1))  # unsorted on purpose
+    assert report.percentile(values, 50) == 50
+    assert report.percentile(values, 99) == 99
+    assert report.percentile(values, 100) == 100
+    assert report.percentile([7], 99) == 7
+    assert report.percentile([], 50) is None
+
+
+def test_ratio_of_medians():
+    assert report.ratio(Spread.of([4.0]), Spread.of([2.0])) == 2.0
+    assert report.ratio(3.0, 1.5) == 2.0
+    assert report.ratio(None, 1.0) is None and report.ratio(1.0, 0) is None
+
+
+def test_verdicts_say_met_or_by_how_much():
+    assert "**met**" in Verdict("t", 2.1, 2.0).format()
+    assert "missed by 25%" in Verdict("t", 1.5, 2.0).format()
+    assert "missed by 50%" in Verdict("t", 1.5, 1.0, higher=False).format()
+    assert "**met**" in Verdict("t", 0.9, 1.0, higher=False).format()
+    assert not Verdict("t", None, 1.0).met
+
+
+def test_markdown_report():
+    t = Table("k", "Title", "What was measured.",
+              [("relay", "relay", "%s"), ("x", "GB/s", "%.2f"), ("n", "count", "%d")])
+    t.rows.append({"relay": "splice", "x": Spread.of([1.0, 2.0, 3.0]), "n": 3})
+    t.rows.append({"relay": "failed", "x": None})
+    t.verdicts.append(Verdict("speed", 2.0, 1.5))
+    t.notes.append("a note")
+    md = report.markdown_report(["- header"], [t], [("A chart", "a.png")], ["one failure"], ["footer"])
+    assert "| splice | 2.00 (1.00-3.00) | 3 |" in md
+    assert "| failed | - | - |" in md
+    assert "| speed | 2.00x | >= 1.5x | met |" in md
+    assert "![A chart](a.png)" in md and "- one failure" in md and md.endswith("footer\n")
+
+
+def test_runner_reports_every_scenario_and_survives_a_failing_one(tmp_path, monkeypatch):
+    from benchmarks import __main__ as runner
+
+    def good(ctx):
+        assert ctx.quick
+        t = Table("g", "Good", "Measured nothing.", [("relay", "relay", "%s")], [{"relay": "x"}])
+        return Outcome([t], [Chart("g.png", "G", lambda path: open(path, "w").close())])
+
+    def bad(ctx):
+        raise RuntimeError("boom")
+
+    mod = type(sys)("fake_scenarios")
+    mod.good, mod.bad = good, bad
+    monkeypatch.setitem(sys.modules, "fake_scenarios", mod)
+    monkeypatch.setattr(runner, "SCENARIOS", {"good": ("fake_scenarios", "good"),
+                                              "bad": ("fake_scenarios", "bad")})
+    monkeypatch.setattr(runner.charts, "available", lambda: True)
+    assert runner.main(["--quick", "--out", str(tmp_path)]) == 1  # a failure is reported
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert "### Good" in md and "bad: the scenario failed: RuntimeError: boom" in md
+    assert "![G](g.png)" in md and (tmp_path / "g.png").exists()
+
+
+@pytest.mark.skipif(not charts.available(), reason="matplotlib (the bench extra) not installed")
+def test_charts_draw(tmp_path):
+    s = Spread.of([1.0, 1.5, 2.0])
+    charts.bars(str(tmp_path / "b.png"), "t", "GB/s", [("splice", s), ("portforward", s)])
+    charts.latency_cdf(str(tmp_path / "l.png"), "t", {"direct": [10.0, 11.0, 30.0]})
+    charts.scaling(str(tmp_path / "s.png"), "t", "sessions", "GB/s", {"splice": [(10, s), (100, s)]})
+    assert all((tmp_path / n).stat().st_size > 1000 for n in ("b.png", "l.png", "s.png"))
+
+
+def test_loads_through_a_direct_connection():
+    """The echo and bulk load generators, end to end, with no relay (about 3 s)."""
+    from benchmarks import latency, session_rate, tcp_sessions
+
+    runs, failures = latency.measure(["direct"], 50, 1)
+    assert not failures and len(runs["direct"][0]) == 50
+    runs, failures = session_rate.measure(["direct"], 0.3, 1, 4)
+    assert not failures and runs["direct"][0]["sessions"] > 0
+    results, failures = tcp_sessions.measure(["direct"], [3], 0.2, 1)
+    assert not failures and results[("direct", 3)][0][0] > 0  # every session's CRC matched
+
+
+def test_quick_context_picks_small_values():
+    assert Context(quick=True).pick(10000, 400) == 400
+    assert Context(quick=False).pick(10000, 400) == 10000
