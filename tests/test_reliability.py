@@ -18,14 +18,11 @@ every session is hashed at both ends.  The long version of each scenario is
 """
 
 import errno
-import os
 import re
 import signal
 import socket
 import subprocess
-import threading
 import time
-import zlib
 
 import pytest
 from twisted.internet import defer, error, task
@@ -97,29 +94,6 @@ def test_concurrent_sessions_keep_every_byte(start, origin, backend):
 
 # -- no leaks -----------------------------------------------------------------
 
-LEAK_CONFIG = """\
-[relay.main]
-listen = "{listen}"
-connect = "{origin}"
-idle = 1
-
-[relay.cap]
-listen = "{listen}"
-connect = "{origin}"
-max-sessions = 4
-
-[relay.dead]
-listen = "{listen}"
-connect = "tcp:host=127.0.0.1:port={dead}"
-connect-timeout = 1
-
-[relay.deny]
-listen = "{listen}"
-connect = "{origin}"
-allow = ["10.0.0.0/8"]
-"""
-
-
 def test_no_leaks_after_every_kind_of_ending(start, origin, tmp_path):
     """
     Normal ends, resets both ways, idle timeouts, the session cap, a refusing
@@ -127,7 +101,7 @@ def test_no_leaks_after_every_kind_of_ending(start, origin, tmp_path):
     they were, memory to within 4 MiB, and no refused client reached the origin.
     """
     path = tmp_path / "relays.toml"
-    path.write_text(LEAK_CONFIG.format(listen=LOCAL, origin=origin.tcp.replace("\\", "\\\\"), dead=procs.free_port()))
+    path.write_text(load.LEAK_CONFIG.format(cap=4, listen=LOCAL, origin=origin.tcp.replace("\\", "\\\\"), dead=procs.free_port()))
     relay = start(["--config", str(path)])
     ports = {name: where[0] for name, where in relay.listening(4).items()}
     probe = load.Probe(relay.proc.pid)
@@ -165,80 +139,15 @@ def test_no_leaks_after_every_kind_of_ending(start, origin, tmp_path):
 
 # -- bounded memory -----------------------------------------------------------
 
-BLOCK = os.urandom(1 << 20)
-
-
-def _blocks(total):
-    """``total`` bytes in 1 MiB blocks, each stamped with its index (a reordering shows)."""
-    for i in range(total >> 20):
-        yield i.to_bytes(8, "big") + BLOCK[8:]
-
-
-def _stalling_reader(seconds, head=False):
-    """
-    A backend handler: stop reading for ``seconds``, then read to EOF (or,
-    with ``head``, a request head and its Content-Length body); records
-    (bytes, crc32).
-    """
-
-    def handler(sock, backend):
-        want = None
-        if head:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += sock.recv(1)
-            want = int(re.search(rb"Content-Length: (\d+)", data).group(1))
-        time.sleep(seconds)
-        n, crc = 0, 0
-        while want is None or n < want:
-            chunk = sock.recv(1 << 20 if want is None else min(1 << 20, want - n))
-            if not chunk:
-                break
-            n, crc = n + len(chunk), zlib.crc32(chunk, crc)
-        backend.records.append((n, crc))
-        if head:
-            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-        else:
-            sock.shutdown(socket.SHUT_WR)
-
-    return handler
-
-
-def _push_into_stall(relay, where, total, stall, head=b""):
-    """Send ``head`` and ``total`` bytes while the backend stalls; the relay's RSS growth at its peak."""
-    probe = load.Probe(relay.proc.pid)
-    before = probe.rss()
-    growth = [0]
-    done = threading.Event()
-
-    def sample():
-        while not done.wait(0.05):
-            growth[0] = max(growth[0], probe.rss() - before)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    crc = 0
-    with connect(where, timeout=stall + 60) as s:
-        s.sendall(head)
-        for block in _blocks(total):
-            s.sendall(block)
-            crc = zlib.crc32(block, crc)
-        s.shutdown(socket.SHUT_WR)
-        answer = procs.recv_all(s)
-    done.set()
-    sampler.join()
-    return growth[0], crc, answer
-
-
 @pytest.mark.parametrize("backend", ["kernel", "mbuf"])
 def test_stalled_receiver_bounds_relay_memory(start, backend):
     """256 MiB toward a backend that stops reading for 2 s: the relay's RSS grows < 16 MiB, no byte lost."""
     total = 256 << 20
-    sink = Backend(_stalling_reader(2.0))
+    sink = Backend(load.stalling_reader(2.0))
     try:
         relay = start(["tcp", "--listen", LOCAL, "--connect", sink.tcp, "--backend", backend])
         (where,) = relay.listening()["tcp"]
-        growth, crc, _ = _push_into_stall(relay, where, total, 2.0)
+        growth, crc, _ = load.push_into_stall(relay, where, total, 2.0)
         deadline = time.monotonic() + 30
         while not sink.records and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -251,12 +160,12 @@ def test_stalled_receiver_bounds_relay_memory(start, backend):
 def test_http_upload_to_stalled_origin_bounds_proxy_memory(start):
     """The HTTP proxy: a 256 MiB Content-Length upload to an origin that stalls 2 s; RSS grows < 16 MiB."""
     total = 256 << 20
-    sink = Backend(_stalling_reader(2.0, head=True))
+    sink = Backend(load.stalling_reader(2.0, head=True))
     try:
         relay = start(["http", "--listen", LOCAL, "--connect", sink.tcp])
         (where,) = relay.listening()["http"]
         head = b"POST /up HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n" % total
-        growth, crc, answer = _push_into_stall(relay, where, total, 2.0, head)
+        growth, crc, answer = load.push_into_stall(relay, where, total, 2.0, head)
         assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"ok"), answer[:200]
         assert sink.records == [(total, crc)]
         assert growth < 16 << 20, growth

@@ -6,16 +6,47 @@ Driving checked traffic through a relay and measuring the relay from outside.
 - L{clients}: N ``traffic.py clients`` processes at once, their summaries merged.
 - L{Probe}: a process's descriptors, pipes, RSS, peak RSS and CPU time from /proc.
 - L{settle}: poll until a probe's readings come back to a baseline.
+- L{stalling_reader}, L{push_into_stall}: bulk bytes toward a backend that
+  stops reading, the relay's RSS sampled meanwhile.
 
 The relay itself is started with C{procs.Twistd} (tests/procs.py).
 """
 
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import zlib
+
+#: One relay per way a session can end without its backend: idle timeouts,
+#: the session cap, a refusing backend, refused clients (fill in listen,
+#: origin, cap, dead).
+LEAK_CONFIG = """\
+[relay.main]
+listen = "{listen}"
+connect = "{origin}"
+idle = 1
+
+[relay.cap]
+listen = "{listen}"
+connect = "{origin}"
+max-sessions = {cap}
+
+[relay.dead]
+listen = "{listen}"
+connect = "tcp:host=127.0.0.1:port={dead}"
+connect-timeout = 1
+
+[relay.deny]
+listen = "{listen}"
+connect = "{origin}"
+allow = ["10.0.0.0/8"]
+"""
 
 TRAFFIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "traffic.py")
 
@@ -23,10 +54,11 @@ TRAFFIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "traffic.py")
 class Origin:
     """The checking origin (``traffic.py origin``) in its own process."""
 
-    def __init__(self, host="127.0.0.1", stall=5.0, timeout=120.0):
+    def __init__(self, host="127.0.0.1", stall=5.0, timeout=120.0, port=0):
         self.host = host
-        self.proc = subprocess.Popen([sys.executable, TRAFFIC, "origin", "--host", host, "--stall", str(stall),
-                                      "--timeout", str(timeout)], stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen([sys.executable, TRAFFIC, "origin", "--host", host, "--port", str(port),
+                                      "--stall", str(stall), "--timeout", str(timeout)],
+                                     stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError("the origin did not start")
@@ -179,3 +211,70 @@ def raise_fd_limit():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+# -- bulk bytes into a stalled receiver
+
+BLOCK = os.urandom(1 << 20)
+
+
+def blocks(total):
+    """``total`` bytes in 1 MiB blocks, each stamped with its index (a reordering shows)."""
+    for i in range(total >> 20):
+        yield i.to_bytes(8, "big") + BLOCK[8:]
+
+
+def stalling_reader(seconds, head=False):
+    """
+    A backend handler: stop reading for ``seconds``, then read to EOF (or,
+    with ``head``, a request head and its Content-Length body); records
+    (bytes, crc32).
+    """
+
+    def handler(sock, backend):
+        want = None
+        if head:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += sock.recv(1)
+            want = int(re.search(rb"Content-Length: (\d+)", data).group(1))
+        time.sleep(seconds)
+        n, crc = 0, 0
+        while want is None or n < want:
+            chunk = sock.recv(1 << 20 if want is None else min(1 << 20, want - n))
+            if not chunk:
+                break
+            n, crc = n + len(chunk), zlib.crc32(chunk, crc)
+        backend.records.append((n, crc))
+        if head:
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        else:
+            sock.shutdown(socket.SHUT_WR)
+
+    return handler
+
+
+def push_into_stall(relay, where, total, stall, head=b""):
+    """Send ``head`` and ``total`` bytes while the backend stalls; the relay's RSS growth at its peak."""
+    probe = Probe(relay.proc.pid)
+    before = probe.rss()
+    growth = [0]
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(0.05):
+            growth[0] = max(growth[0], probe.rss() - before)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    crc = 0
+    with socket.create_connection(where, timeout=stall + 60) as s:
+        s.sendall(head)
+        for block in blocks(total):
+            s.sendall(block)
+            crc = zlib.crc32(block, crc)
+        s.shutdown(socket.SHUT_WR)
+        answer = b"".join(iter(lambda: s.recv(65536), b""))
+    done.set()
+    sampler.join()
+    return growth[0], crc, answer
