@@ -80,6 +80,9 @@ class Verdict:
         got = "%.2f%s" % (self.value, self.unit)
         if self.met:
             return "%s: %s (target %s %g%s): **met**" % (self.target, got, sign, self.goal, self.unit)
+        if not self.goal:  # a count that should be zero: say by how many
+            return "%s: %s (target %s %g%s): **missed by %s%s**" % (
+                self.target, got, sign, self.goal, self.unit, "%g" % abs(self.value), self.unit)
         short = (1 - self.value / self.goal) if self.higher else (self.value / self.goal - 1)
         return "%s: %s (target %s %g%s): **missed by %.0f%%**" % (
             self.target, got, sign, self.goal, self.unit, 100 * short)

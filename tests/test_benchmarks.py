@@ -46,6 +46,7 @@ def test_verdicts_say_met_or_by_how_much():
     assert "missed by 50%" in Verdict("t", 1.5, 1.0, higher=False).format()
     assert "**met**" in Verdict("t", 0.9, 1.0, higher=False).format()
     assert not Verdict("t", None, 1.0).met
+    assert "missed by 2" in Verdict("pipes", 2, 0, higher=False, unit="").format()
 
 
 def test_markdown_report():
