@@ -10,9 +10,13 @@ clients that could have waited, and the sessions it accepted last fail to
 connect their backends for want of one more socket.
 
 L{DescriptorGuard} keeps a margin of descriptors free instead: before each
-accept batch it probes the lowest free descriptor (C{os.dup}: the kernel
-hands out the lowest free number, so every one below it is in use) and
-bounds the batch to what is left above the margin.  When the margin is gone,
+accept batch it bounds the batch to the sessions that fit above the margin.
+It knows how many descriptors are open from C{/proc/self/fd}, counted again
+only when its running estimate (the last count plus two descriptors per
+client accepted since, closes ignored) says the margin is near, so a relay
+far from its limit pays nothing per accept.  (The lowest free descriptor
+number is no such count: a closed low descriptor leaves a gap below many
+open ones.)  When the margin is gone,
 or C{EMFILE}/C{ENFILE} shows up anyway (accept, a backend's socket, a pipe),
 it pauses every port it watches, retries after a short delay that doubles
 while the shortage lasts, and resumes once the margin is back.  New clients
@@ -54,16 +58,15 @@ def softLimit():
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
-def lowestFree():
-    """The lowest free descriptor number, or None when there is none."""
-    try:
-        fd = os.dup(0)
-    except OSError as e:
-        if e.errno in EXHAUSTION:
-            return None
-        raise
-    os.close(fd)
-    return fd
+#: Descriptors a session holds for its life: its client and its backend
+#: socket.  Pipes are borrowed only while bytes are in flight; the margin
+#: covers them.
+PER_SESSION = 2
+
+
+def countOpen():
+    """The descriptors open in this process now."""
+    return len(os.listdir("/proc/self/fd")) - 1  # less the directory's own
 
 
 class DescriptorGuard:
@@ -93,6 +96,7 @@ class DescriptorGuard:
         self._since = None
         self._pauses = 0
         self._recovered = None
+        self._open = None  # descriptors counted open, plus PER_SESSION per accept since
 
     @property
     def reactor(self):
@@ -101,15 +105,22 @@ class DescriptorGuard:
             self._reactor = reactor
         return self._reactor
 
-    def room(self):
+    def room(self, recount=False):
         """
-        (free descriptors at most, the margin): free is the soft limit minus
-        the lowest free descriptor, 0 when none is free.
+        (free descriptors at least, the margin).  The open ones are counted
+        again when the estimate leaves no more than the margin free (or when
+        C{recount}).
         """
         limit = softLimit()
         margin = self.margin if self.margin is not None else max(32, limit // 128)
-        low = lowestFree()
-        return (0 if low is None else limit - low), margin
+        if recount or self._open is None or limit - self._open <= margin:
+            try:
+                self._open = countOpen()
+            except OSError as e:
+                if e.errno not in EXHAUSTION:
+                    raise
+                self._open = limit  # not even one for the directory
+        return max(0, limit - self._open), margin
 
     # -- who is steered
 
@@ -142,8 +153,14 @@ class DescriptorGuard:
             if free <= margin:
                 self.exhausted("accept", errno.EMFILE if free == 0 else None)
                 return None
-            port.numberAccepts = max(1, min(port.numberAccepts, free - margin))
-            return original()
+            batch = port.numberAccepts = max(1, min(port.numberAccepts, (free - margin) // PER_SESSION))
+            try:
+                return original()
+            finally:
+                # Twisted leaves numberAccepts at the count accepted when the
+                # backlog ran dry, else raises it: at most `batch` came in.
+                if self._open is not None:
+                    self._open += PER_SESSION * min(batch, port.numberAccepts)
 
         port.doRead = doRead
 
@@ -179,7 +196,7 @@ class DescriptorGuard:
                 self.delay = self.first
             self._since = now
             self.episodes += 1
-            free, margin = self.room()
+            free, margin = self.room(recount=True)
             self.log.warn(
                 "out of file descriptors ({where}: {error}): accepting paused, {free} free of {limit}, "
                 "keeping {margin}",
@@ -190,7 +207,7 @@ class DescriptorGuard:
 
     def _check(self):
         self._retry = None
-        free, margin = self.room()
+        free, margin = self.room(recount=True)
         if free <= margin:
             self.delay = min(self.delay * 2, self.longest)
             self._pauses += 1
@@ -225,4 +242,4 @@ class DescriptorGuard:
 #: The process's guard: descriptors are a per-process resource.
 guard = DescriptorGuard()
 
-__all__ = ["DescriptorGuard", "guard", "exhaustionErrno", "lowestFree", "softLimit", "EXHAUSTION"]
+__all__ = ["DescriptorGuard", "guard", "exhaustionErrno", "countOpen", "softLimit", "EXHAUSTION"]

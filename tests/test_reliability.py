@@ -18,6 +18,7 @@ every session is hashed at both ends.  The long version of each scenario is
 """
 
 import errno
+import os
 import re
 import signal
 import socket
@@ -29,7 +30,7 @@ from twisted.internet import defer, error, task
 
 import procs
 from procs import Backend, connect
-from splicing.accepting import DescriptorGuard, exhaustionErrno
+from splicing.accepting import DescriptorGuard, countOpen, exhaustionErrno, softLimit
 from splicing.balance import Balancer, Target
 from splicing.sessions import SessionTable
 from stress import load
@@ -283,7 +284,7 @@ def test_guard_backs_off_and_logs_each_shortage_once(monkeypatch):
     clock, guard = task.Clock(), DescriptorGuard(margin=8, first=0.1, longest=0.4)
     guard._reactor = clock
     free = [4]
-    monkeypatch.setattr(guard, "room", lambda: (free[0], 8))
+    monkeypatch.setattr(guard, "room", lambda recount=False: (free[0], 8))
     table, port = SessionTable(0, guard=guard), _Port()
     table.addPort(port)
     events = []
@@ -300,7 +301,47 @@ def test_guard_backs_off_and_logs_each_shortage_once(monkeypatch):
     assert port.reading and not guard.paused
     assert events == ["exhausted", "recovered"]
     port.doRead()
-    assert port.accepted == 1 and port.numberAccepts == 92  # a batch never eats the margin
+    assert port.accepted == 1 and port.numberAccepts == 46  # a batch never eats the margin: 2 fds a session
+
+
+def test_guard_counts_open_descriptors_not_the_lowest_free_one():
+    """
+    A closed low descriptor leaves a gap below many open ones: the room left
+    is the limit less what is open, whatever the numbers.
+    """
+    guard = DescriptorGuard(margin=8)
+    pipes = [os.pipe() for _ in range(50)]
+    try:
+        os.close(pipes[0][0])  # the gap
+        free, margin = guard.room(recount=True)
+        assert free == softLimit() - countOpen()
+        assert free < softLimit() - pipes[0][0]  # what the lowest free descriptor would say
+    finally:
+        os.close(pipes[0][1])
+        for r, w in pipes[1:]:
+            os.close(r)
+            os.close(w)
+
+
+def test_guard_recounts_only_near_the_margin(monkeypatch):
+    """Far from the limit an accept batch costs no count; each accept adds two to the estimate."""
+    guard = DescriptorGuard(margin=10)
+    counts = []
+    opened = [100]
+    monkeypatch.setattr("splicing.accepting.softLimit", lambda: 130)
+    monkeypatch.setattr("splicing.accepting.countOpen", lambda: counts.append(1) or opened[0])
+    port = _Port()
+    port.numberAccepts = 1  # as Twisted leaves it after a batch that emptied the backlog
+    guard.watch(port)
+    port.doRead()  # the first count: 100 open, 30 free, 20 above the margin
+    assert port.accepted == 1 and len(counts) == 1 and guard._open == 102
+    for _ in range(9):  # 9 more sessions fit the estimate: 102 + 18 = 120 = 130 - margin
+        port.doRead()
+    assert port.accepted == 10 and len(counts) == 1
+    opened[0] = 105  # sessions ended meanwhile: the recount finds room again
+    port.doRead()
+    assert len(counts) == 2 and port.accepted == 11 and not guard.paused
+    guard.stop()
 
 
 def test_local_exhaustion_blames_no_backend():
