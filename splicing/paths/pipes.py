@@ -9,6 +9,7 @@ rather than reused, and the number of pipes alive is capped: running out is
 back-pressure (the splice waits for a pipe), never an exception.
 """
 
+import errno
 import fcntl
 import os
 
@@ -16,6 +17,11 @@ F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 DEFAULT_SIZE = 1 << 20
 SMALL_SIZE = 65536  # Linux's default pipe size
+
+#: Seconds before splices that found no descriptor for a pipe try again.
+#: Descriptors freed elsewhere (a closed session) return no pipe to the
+#: pool, so waiting only for one would stall a splice when none is in use.
+RETRY = 0.05
 
 
 def _readInt(path, default):
@@ -79,6 +85,8 @@ class PipePool:
         self.inUse = 0
         self._idle = []
         self._waiters = []
+        self._short = False  # the last pipe could not be made (EMFILE/ENFILE)
+        self._retry = None
 
     @property
     def idle(self):
@@ -93,7 +101,10 @@ class PipePool:
             size = self.size if self.capacity + self.size <= self.budget else SMALL_SIZE
             try:
                 pipe = Pipe(size)
-            except OSError:  # EMFILE/ENFILE: the same as running out
+            except OSError as e:
+                if e.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+                    raise
+                self._short = True  # the same as running out, retried after RETRY
                 return None
             self.capacity += pipe.capacity
         else:
@@ -109,14 +120,27 @@ class PipePool:
         else:
             self.capacity -= pipe.capacity
             pipe.close()
-        if self._waiters:
-            waiters, self._waiters = self._waiters, []
-            for callback in waiters:
-                callback()
+        self._wake()
 
-    def whenAvailable(self, callback):
-        """Call C{callback()} once, the next time a pipe is returned."""
+    def whenAvailable(self, callback, reactor=None):
+        """
+        Call C{callback()} once, the next time a pipe is returned, or after
+        L{RETRY} seconds if the pool ran short of descriptors.
+        """
         self._waiters.append(callback)
+        if self._short and self._retry is None:
+            if reactor is None:
+                from twisted.internet import reactor
+            self._retry = reactor.callLater(RETRY, self._wake)
+
+    def _wake(self):
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        self._short = False
+        waiters, self._waiters = self._waiters, []
+        for callback in waiters:
+            callback()
 
     def clear(self):
         """Close the idle pipes (at shutdown, or to count descriptors)."""
