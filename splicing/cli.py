@@ -4,6 +4,8 @@ FILE} (and the same with C{twist}).  Options are checked completely before
 anything starts; each error names the option (or the file and line).
 """
 
+import sys
+
 from twisted.internet import endpoints
 from twisted.python import usage
 
@@ -231,16 +233,49 @@ def _checkClient(option, description):
     _check(option, description, clientFromString)
 
 
+_WORKERS = ["workers", None, None, "Serve from N processes sharing the listening sockets (default 1).",
+            _number("workers", int, 1)]
+
+
+class _CommandLineOnly:
+    """
+    Options a relay takes on the command line but not in a config file,
+    which the whole process shares: C{--workers}.
+    """
+
+    optParameters = [_WORKERS]
+
+
+_commandLineClasses = {}
+
+
+def _onCommandLine(options):
+    """C{options} (a relay's usage.Options class) with L{_CommandLineOnly}'s options."""
+    if options not in _commandLineClasses:
+        _commandLineClasses[options] = type(options.__name__, (options, _CommandLineOnly), {})
+    return _commandLineClasses[options]
+
+
 class Options(usage.Options):
     synopsis = "tcp|udp|http [options] | --config FILE"
     longdesc = "Spliced relays. See docs/usage.md, or 'twistd splice tcp --help'."
-    optParameters = [["config", "c", None, "A TOML file of relays (reloaded on SIGHUP)."]]
+    optParameters = [["config", "c", None, "A TOML file of relays (reloaded on SIGHUP)."], _WORKERS]
 
     @property
     def subCommands(self):
-        return [[kind, None, options, doc] for kind, (options, _, doc) in sorted(RELAYS.items())]
+        return [[kind, None, _onCommandLine(options), doc] for kind, (options, _, doc) in sorted(RELAYS.items())]
+
+    def parseOptions(self, options=None):
+        """Parse C{options}, kept as C{argv}: worker processes parse the same (L{splicing.workers})."""
+        self.argv = list(sys.argv[1:] if options is None else options)
+        usage.Options.parseOptions(self, options)
 
     def postOptions(self):
+        sub = getattr(self, "subOptions", None) or {}
+        workers = [w for w in (self["workers"], sub.get("workers")) if w is not None]
+        if len(workers) > 1:
+            raise usage.UsageError("--workers is given twice")
+        self["workers"] = workers[0] if workers else 1
         if self["config"] and self.subCommand:
             raise usage.UsageError("--config and a %s subcommand exclude each other" % (self.subCommand,))
         if self["config"]:

@@ -6,8 +6,8 @@ Each process has its own registry (not prometheus_client's global one), so
 several relays, or tests, can run in one process without clashing.
 """
 
-from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from splicing.service import ListeningService
 
@@ -64,6 +64,68 @@ class RelayMetrics:
     def refused(self, relay, reason):
         self.refusedClients.labels(relay, reason).inc()
 
+    def snapshot(self):
+        """Every sample now, as JSON-able data (a worker sends it to its master)."""
+        return [[m.name, m.type, m.documentation, [[s.name, s.labels, s.value] for s in m.samples]]
+                for m in self.registry.collect()]
+
+
+def combine(snapshots, kinds=None):
+    """
+    The sum of L{RelayMetrics.snapshot}s, sample by sample (a C{_created}
+    timestamp takes the earliest); only families of C{kinds} if given.
+    """
+    families = {}
+    for snapshot in snapshots:
+        for name, kind, doc, samples in snapshot:
+            if kinds is not None and kind not in kinds:
+                continue
+            values = families.setdefault(name, (kind, doc, {}))[2]
+            for sample, labels, value in samples:
+                key = (sample, tuple(sorted(labels.items())))
+                if key in values:
+                    value = min(value, values[key]) if sample.endswith("_created") else value + values[key]
+                values[key] = value
+    return [[name, kind, doc, [[sample, dict(labels), value] for (sample, labels), value in sorted(values.items())]]
+            for name, (kind, doc, values) in sorted(families.items())]
+
+
+class WorkerMetrics:
+    """
+    What the master of C{--workers N} serves: the sum of its workers'
+    metrics, asked for at each scrape, and its own (workers running,
+    restarts).  The counters of workers that ended are kept
+    (L{retire}), so no total ever goes down.
+
+    @param gather: called in the reactor thread, returns a Deferred firing
+        with the running workers' snapshots.
+    """
+
+    def __init__(self, gather, reactor):
+        self.gather = gather
+        self.reactor = reactor
+        self.retired = []
+        self.registry = r = CollectorRegistry()
+        self.workers = Gauge("splicing_workers", "Worker processes running", registry=r)
+        self.restarts = Counter("splicing_worker_restarts", "Workers restarted after an unexpected exit",
+                                registry=r)
+        r.register(self)
+
+    def retire(self, snapshot):
+        """Keep the counters of a worker that ended, as last reported."""
+        self.retired = combine([self.retired, snapshot], kinds=("counter",))
+
+    def collect(self):
+        """Called by the endpoint in a thread of the reactor's pool (prometheus_client's WSGI app)."""
+        from twisted.internet.threads import blockingCallFromThread
+
+        snapshots = blockingCallFromThread(self.reactor, self.gather)
+        for name, kind, doc, samples in combine([self.retired] + snapshots):
+            family = Metric(name, doc, kind)
+            for sample in samples:
+                family.add_sample(*sample)
+            yield family
+
 
 class MetricsService(ListeningService):
     """Serves C{metrics}' registry (at any path) on a server endpoint string."""
@@ -81,4 +143,4 @@ class MetricsService(ListeningService):
         self.metrics = metrics
 
 
-__all__ = ["RelayMetrics", "MetricsService"]
+__all__ = ["RelayMetrics", "WorkerMetrics", "MetricsService", "combine"]

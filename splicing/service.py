@@ -48,6 +48,12 @@ class ListeningService(service.MultiService):
     log = Logger()
     what = "service"
 
+    #: Reactor stand-ins, one per C{listen} entry, that the endpoints listen
+    #: through instead of the reactor: in a worker process they adopt the
+    #: master's sockets, in the master they bind them for the workers
+    #: (L{splicing.workersockets}).  None: bind and accept here.
+    sockets = None
+
     def __init__(self, listen, factory, reactor=None):
         service.MultiService.__init__(self)
         if reactor is None:
@@ -59,9 +65,14 @@ class ListeningService(service.MultiService):
 
     def startService(self):
         service.MultiService.startService(self)
-        for description in self.listen:
-            d = endpoints.serverFromString(self.reactor, description).listen(self.factory)
+        for index, description in enumerate(self.listen):
+            reactor = self.reactor if self.sockets is None else self.sockets[index]
+            d = defer.maybeDeferred(lambda: self.endpoint(reactor, description).listen(self.factory))
             d.addCallbacks(self._listening, self._failed, errbackArgs=(description,))
+
+    def endpoint(self, reactor, description):
+        """The server endpoint C{description} names (a hook)."""
+        return endpoints.serverFromString(reactor, description)
 
     def _listening(self, port):
         if not self.running:
@@ -89,6 +100,11 @@ class ListeningService(service.MultiService):
         """Close the ports; a Deferred that fires when they are closed."""
         ports, self.ports = self.ports, []
         return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
+
+    def stopService(self):
+        d = self.stopListening()
+        d.addCallback(lambda _: service.MultiService.stopService(self))
+        return d
 
 
 class RelayService(ListeningService):
@@ -124,6 +140,12 @@ class RelayService(ListeningService):
         for port in self.ports:
             table.removePort(port)
         return self.stopListening()
+
+    def retire(self):
+        """Stop accepting; a Deferred firing when the last running session ended, however late."""
+        d = self.stopAccepting()
+        d.addCallback(lambda _: self.factory.table.whenEmpty())
+        return d
 
     def drain(self, timeout):
         """A Deferred firing when the sessions ended, aborting them after C{timeout} seconds."""
@@ -177,7 +199,7 @@ class ConfigService(service.Service):
         self.reactor.callWhenRunning(self._installSIGHUP)
 
     def _installSIGHUP(self):
-        self._previous = signal.signal(signal.SIGHUP, lambda *a: self.reactor.callFromThread(self.reload))
+        self._previous = onSIGHUP(self.reactor, self.reload)
 
     def _start(self, name, relay):
         svc = self.build(name, relay)
@@ -196,11 +218,8 @@ class ConfigService(service.Service):
         except Exception as e:
             self.log.error("reload failed, keeping the running relays: {error}", error=str(e))
             return defer.succeed(None)
-        new, old = config.relays, {n: r for n, (r, _) in self.relays.items()}
-        gone = [n for n in old if n not in new or new[n] != old[n]]
-        fresh = [n for n in new if n not in old or new[n] != old[n]]
-        self.log.info("reload: start {started}, stop {stopped}, keep {kept}", started=fresh, stopped=gone,
-                      kept=[n for n in new if n in old and n not in fresh])
+        new = config.relays
+        fresh, gone = difference({n: r for n, (r, _) in self.relays.items()}, new, self.log)
         d = defer.gatherResults([self._retire(n) for n in gone])
 
         def startNew(_):
@@ -218,29 +237,68 @@ class ConfigService(service.Service):
         return defer.gatherResults([defer.maybeDeferred(s.stopService) for s in services])
 
 
-def makeService(options):
-    """A C{MultiService} from the command line's L{splicing.cli.Options}."""
+def onSIGHUP(reactor, callback):
+    """Call C{callback} from the reactor on each SIGHUP; the previous handler."""
+    return signal.signal(signal.SIGHUP, lambda *a: reactor.callFromThread(callback))
+
+
+def difference(old, new, log):
+    """
+    What a reload does to relays by name (L{splicing.config.Relay}s): the
+    names to start and the names to stop (changed ones are both); logged.
+    """
+    gone = [n for n in old if n not in new or new[n] != old[n]]
+    fresh = [n for n in new if n not in old or new[n] != old[n]]
+    log.info("reload: start {started}, stop {stopped}, keep {kept}", started=fresh, stopped=gone,
+             kept=[n for n in new if n in old and n not in fresh])
+    return fresh, gone
+
+
+def buildRelays(options, metrics, reactor, reloadable=True, adapt=lambda name, svc: svc):
+    """
+    The relays of L{splicing.cli.Options} as one service: a L{ConfigService}
+    for a reloadable C{--config}, else a C{MultiService}.  C{adapt(name,
+    service)} sees each relay service first (a worker hands it its sockets).
+    """
     from splicing import cli
+
+    config = options["relays"]
+
+    def build(name, relay):
+        return adapt(name, cli.buildRelay(name, relay, metrics, reactor))
+
+    if options["config"] and reloadable:
+        return ConfigService(options["reload"], build, config, reactor)
+    top = service.MultiService()
+    for name, relay in config.relays.items():
+        build(name, relay).setServiceParent(top)
+    return top
+
+
+def makeService(options):
+    """
+    A C{MultiService} from the command line's L{splicing.cli.Options}: the
+    relays, or with C{--workers N} (N > 1) the master of N worker processes
+    (L{splicing.workers.WorkerPool}); the metrics endpoint, if asked for.
+    """
     from splicing.metrics import MetricsService, RelayMetrics
 
     from twisted.internet import reactor
 
     top = service.MultiService()
     config = options["relays"]
-    metrics = None
-    if config.metrics:
-        metrics = RelayMetrics()
-        MetricsService(config.metrics, metrics, reactor).setServiceParent(top)
+    if options.get("workers", 1) > 1:
+        from splicing.workers import WorkerPool
 
-    def build(name, relay):
-        return cli.buildRelay(name, relay, metrics, reactor)
-
-    if options["config"]:
-        ConfigService(options["reload"], build, config, reactor).setServiceParent(top)
+        relays = WorkerPool(options, reactor)
+        metrics = relays.metrics
     else:
-        for name, relay in config.relays.items():
-            build(name, relay).setServiceParent(top)
+        metrics = RelayMetrics() if config.metrics else None
+        relays = buildRelays(options, metrics, reactor)
+    if config.metrics:
+        MetricsService(config.metrics, metrics, reactor).setServiceParent(top)
+    relays.setServiceParent(top)
     return top
 
 
-__all__ = ["ListeningService", "RelayService", "ConfigService", "makeService"]
+__all__ = ["ListeningService", "RelayService", "ConfigService", "buildRelays", "makeService"]

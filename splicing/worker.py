@@ -1,0 +1,208 @@
+"""
+One worker process of C{twistd splice --workers N}: L{splicing.workers}
+starts it as C{python -m splicing.worker SETUP ARGV...}, SETUP being JSON
+(its index, the master's pid, its inherited sockets by relay) and ARGV the
+master's own C{splice} command line, which it parses again to build the
+same relays.  They serve the inherited sockets (L{splicing.workersockets}).
+
+Talking to the master:
+
+  - descriptor 0, from the master: C{metrics ID} (answer with a snapshot)
+    and C{retire} (stop accepting, exit once the last session ended); its
+    end means the master is gone: stop as on SIGTERM;
+  - descriptor 3, to the master, one message a line: C{L EVENT} (a
+    twisted.logger event as JSON: the worker logs nothing itself),
+    C{M ID SNAPSHOT} (L{splicing.metrics.RelayMetrics.snapshot}), C{R}
+    (serving).
+
+SIGTERM stops it as twistd stops the relays (graceful, within
+C{--shutdown-timeout}); SIGHUP is ignored: reloading is the master's (it
+replaces its workers).  On Linux the kernel sends SIGTERM when the master
+dies (C{PR_SET_PDEATHSIG}), so no worker outlives it.
+"""
+
+import atexit
+import ctypes
+import json
+import os
+import signal
+import sys
+import threading
+
+from twisted.internet import defer, stdio
+from twisted.python.threadable import isInIOThread
+from twisted.internet.error import ReactorNotRunning
+from twisted.logger import Logger, eventAsJSON, globalLogBeginner
+from twisted.protocols.basic import LineOnlyReceiver
+
+PR_SET_PDEATHSIG = 1
+COMMANDS, MESSAGES = 0, 3
+
+
+def dieWithParent(master):
+    """Be sent SIGTERM when the master exits (Linux); exit now if it already has."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the end of the command pipe still tells
+    if os.getppid() != master:
+        sys.exit(0)
+
+
+class Channel:
+    """
+    Messages to the master, as whole lines.  Log events are batched: they
+    go out at the end of the reactor's turn (one write, one wake-up of the
+    master for many sessions' events); other messages go out at once,
+    after them.  Any thread may log.
+    """
+
+    def __init__(self, fd, reactor):
+        self.fd = fd
+        self.reactor = reactor
+        self.lock = threading.Lock()
+        self.pending = []
+        self.scheduled = False
+
+    def send(self, *words):
+        with self.lock:
+            self.pending.append(" ".join(words))
+            self._flush()
+
+    def logEvent(self, event):
+        """A twisted.logger observer: the master publishes the event."""
+        line = _plain(event)
+        with self.lock:
+            self.pending.append(line)
+            if self.scheduled:
+                return
+            self.scheduled = True
+        if isInIOThread():
+            self.reactor.callLater(0, self.flush)
+        else:
+            self.reactor.callFromThread(self.flush)
+
+    def flush(self):
+        with self.lock:
+            self._flush()
+
+    def _flush(self):
+        self.scheduled = False
+        if self.pending:
+            view = memoryview(("\n".join(self.pending) + "\n").encode("utf-8"))
+            self.pending = []
+            while view:
+                view = view[os.write(self.fd, view):]
+
+
+_PLAIN = (str, int, float, bool, type(None))
+_OBJECTS = ("log_logger", "log_source", "log_level")
+
+
+def _plain(event):
+    """
+    A message for C{event}: C{E} and its fields as JSON when they are all
+    plain values (a session's end: cheap), else C{L} and Twisted's JSON
+    form (which flattens objects to text).
+    """
+    fields = {k: v for k, v in event.items() if k not in _OBJECTS}
+    if all(isinstance(v, _PLAIN) for v in fields.values()) and "log_level" in event:
+        fields["log_level"] = event["log_level"].name
+        try:
+            return "E " + json.dumps(fields, separators=(",", ":"))
+        except ValueError:
+            pass
+    return "L " + eventAsJSON(event)
+
+
+class Worker:
+    """The relays of one worker and what the master asks of them."""
+
+    log = Logger()
+
+    def __init__(self, index, relays, metrics, channel, reactor):
+        self.index = index
+        self.relays = relays
+        self.metrics = metrics
+        self.channel = channel
+        self.reactor = reactor
+        self.stopping = False
+
+    def start(self):
+        self.relays.startService()
+        self.channel.send("R")
+
+    def report(self, ident):
+        snapshot = self.metrics.snapshot() if self.metrics is not None else []
+        self.channel.send("M", ident, json.dumps(snapshot, separators=(",", ":")))
+
+    def retire(self):
+        """The master replaced this worker: stop accepting, exit once every session ended."""
+        self.log.info("worker {worker} retiring: exits when its last session ended", worker=self.index)
+        d = defer.gatherResults([defer.maybeDeferred(getattr(s, "retire", s.stopService)) for s in self.relays])
+        d.addBoth(lambda _: self.stop())
+
+    def stop(self):
+        if not self.stopping:
+            self.stopping = True
+            try:
+                self.reactor.stop()
+            except ReactorNotRunning:
+                pass  # already stopping (SIGTERM)
+
+    def stopped(self):
+        """The relays have stopped: the master keeps the final counters."""
+        self.report("final")
+
+
+class Commands(LineOnlyReceiver):
+    """The master's requests, on descriptor 0."""
+
+    delimiter = b"\n"
+
+    def __init__(self, worker):
+        self.worker = worker
+
+    def lineReceived(self, line):
+        words = line.decode("ascii", "replace").split()
+        if words[:1] == ["metrics"] and len(words) == 2:
+            self.worker.report(words[1])
+        elif words == ["retire"]:
+            self.worker.retire()
+
+    def connectionLost(self, reason):
+        self.worker.stop()  # the master is gone
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    setup = json.loads(argv[0])
+    os.setpgrp()  # a terminal's Ctrl-C reaches the master, which stops the workers
+    dieWithParent(setup["master"])
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    from twisted.internet import reactor
+
+    channel = Channel(MESSAGES, reactor)
+    globalLogBeginner.beginLoggingTo([channel.logEvent], redirectStandardIO=False)
+    atexit.register(channel.flush)
+
+    from splicing import cli
+    from splicing.metrics import RelayMetrics
+    from splicing.service import buildRelays
+    from splicing.workersockets import Inherited
+
+    options = cli.Options()
+    options.parseOptions(argv[1:])
+    metrics = RelayMetrics() if options["relays"].metrics else None
+    inherited = Inherited(reactor, {name: [tuple(s) for s in sockets] for name, sockets in setup["sockets"].items()})
+    relays = buildRelays(options, metrics, reactor, reloadable=False, adapt=inherited.attach)
+    worker = Worker(setup["index"], relays, metrics, channel, reactor)
+    stdio.StandardIO(Commands(worker), stdin=COMMANDS, stdout=1)
+    reactor.callWhenRunning(worker.start)
+    reactor.addSystemEventTrigger("before", "shutdown", relays.stopService)
+    reactor.addSystemEventTrigger("during", "shutdown", worker.stopped)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()
