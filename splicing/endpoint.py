@@ -145,3 +145,19 @@ def describe(transport):
             t, "disconnected", False
         )
     return e
+
+
+def noDelay(transport):
+    """
+    Turn Nagle's algorithm off on the TCP socket under C{transport} (through
+    TLS and protocol wrappers): a relay forwards bytes as they come, and the
+    peers already chose how to batch them; a second Nagle wait in the middle
+    would only add a round trip's delay to small messages (HAProxy sets
+    C{TCP_NODELAY} too).
+    """
+    t = transport
+    while t is not None and not isinstance(t, tcp.Connection):
+        t = getattr(t, "transport", None)
+    sock = getattr(t, "socket", None)
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6) and sock.fileno() >= 0:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

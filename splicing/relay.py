@@ -22,7 +22,7 @@ from splicing.accepting import exhaustionErrno
 from splicing.access import AllowList, formatAddress
 from splicing.balance import Balancer, Target
 from splicing.fallback import CopyDirection, spliceOrCopy
-from splicing.endpoint import describe
+from splicing.endpoint import describe, noDelay
 from splicing.errors import SpliceError
 from splicing.result import Reason
 from splicing.sessions import SessionTable
@@ -181,6 +181,8 @@ class RelayProtocol(Protocol):
         self.backend = backend
         backend.relay = self
         self._phase = "relaying"
+        for t in (self.transport, backend.transport):
+            noDelay(t)
         f = self.factory
         if f.sendProxy:
             backend.transport.write(proxyheader.encode(f.sendProxy, self.transport.getPeer(), self.transport.getHost()))

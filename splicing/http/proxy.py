@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from splicing.access import AllowList
+from splicing.endpoint import noDelay
 from splicing.http.errors import HTTPError
 from splicing.http.flow import CHUNKED, DONE, LENGTH, UNTIL_EOF, Flow
 from splicing.http.head import errorResponse, parseRequestHead, parseResponseHead
@@ -262,6 +263,8 @@ class HTTPProxyProtocol(Protocol):
             return
         self.backend = backend
         backend.proxy = self
+        noDelay(self.transport)
+        noDelay(backend.transport)
         self.responses.src = backend.transport
         try:
             self.requests.connect(backend.transport)
