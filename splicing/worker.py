@@ -37,6 +37,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 
 PR_SET_PDEATHSIG = 1
 COMMANDS, MESSAGES = 0, 3
+LOG_DELAY = 0.02
 
 
 def dieWithParent(master):
@@ -52,9 +53,9 @@ def dieWithParent(master):
 class Channel:
     """
     Messages to the master, as whole lines.  Log events are batched: they
-    go out at the end of the reactor's turn (one write, one wake-up of the
-    master for many sessions' events); other messages go out at once,
-    after them.  Any thread may log.
+    go out L{LOG_DELAY} seconds after the first of a batch (one write, one
+    wake-up of the master for many sessions' events); other messages go
+    out at once, after them.  Any thread may log.
     """
 
     def __init__(self, fd, reactor):
@@ -78,9 +79,9 @@ class Channel:
                 return
             self.scheduled = True
         if isInIOThread():
-            self.reactor.callLater(0, self.flush)
+            self.reactor.callLater(LOG_DELAY, self.flush)
         else:
-            self.reactor.callFromThread(self.flush)
+            self.reactor.callFromThread(self.reactor.callLater, LOG_DELAY, self.flush)
 
     def flush(self):
         with self.lock:

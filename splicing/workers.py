@@ -68,14 +68,22 @@ class _UDPEndpoint:
         return defer.execute(self.binder.bindUDP, *parseUDPListen(self.description))
 
 
+class WorkerSockets(protocol.Factory):
+    """What the master's ports name in the log; they accept nothing."""
+
+    noisy = False
+
+    def __init__(self, name):
+        self.name = name
+
+
 class Listener(ListeningService):
     """The master's sockets for one C{--listen} of relay C{name}: bound, logged, never read."""
 
     what = "relay"
 
     def __init__(self, name, kind, description, count, reactor):
-        factory = protocol.Factory()
-        factory.name, factory.noisy = name, False
+        factory = WorkerSockets(name)
         ListeningService.__init__(self, [description], factory, reactor)
         self.kind = kind
         self.sockets = [Binder(reactor, count)]
@@ -171,9 +179,10 @@ class WorkerProcess(protocol.ProcessProtocol):
         self.send(b"retire")
 
     def processEnded(self, reason):
-        for d in list(self._waiting.values()):
-            d.cancel()
         self.pool.workerEnded(self, reason)
+        waiting, self._waiting = list(self._waiting.values()), {}
+        for d in waiting:
+            d.callback([])  # its counters are among the retired ones now
 
 
 class WorkerPool(service.MultiService):

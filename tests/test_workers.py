@@ -16,24 +16,11 @@ import pytest
 
 import procs
 from procs import Backend, connect, recv_all
+from test_cli_lifecycle import ping, refused, start  # noqa: F401 (start: a fixture)
 from test_cli_udp_http import udp_echo  # noqa: F401 (a fixture)
 
 LOCAL = "tcp:0:interface=127.0.0.1"
 _STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
-
-
-@pytest.fixture
-def start(tmp_path):
-    started = []
-
-    def run(args, **kw):
-        p = procs.Twistd(tmp_path, args, name="p%d" % len(started), **kw)
-        started.append(p)
-        return p
-
-    yield run
-    for p in started:
-        p.close()
 
 
 def serving(relay, count=2):
@@ -77,20 +64,6 @@ def checked_session(where, n):
     digest, _, rest = answer.partition(b"\n")
     assert digest.decode() == procs.sha256(data)
     assert rest == procs.payload(1 << 20, seed=n)
-
-
-def ping(where, data=b"ping"):
-    with connect(where) as s:
-        s.sendall(data)
-        return s.recv(len(data))
-
-
-def refused(where):
-    try:
-        connect(where, timeout=2).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 def scrape(where):
