@@ -18,11 +18,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+import hostile_corpus  # noqa: E402
+import hostile_load  # noqa: E402
 import procs  # noqa: E402
 from stress import load  # noqa: E402
 
@@ -187,13 +190,21 @@ class Run:
             sink.close()
 
     def origin_dies(self):
-        """The origin is killed mid-stream under load; the relay goes on with a new one."""
+        """
+        The origin is killed mid-stream under load; the relay goes on with a
+        new one.  Once the cut sessions have ended, the relay's memory must
+        be back within 8 MiB of where a same-sized batch with a living
+        origin left it.
+        """
         row, origin = Row("faults: origin dies mid-stream"), load.Origin()
         relay = self.relay(["tcp", "--listen", LISTEN, "--connect", origin.tcp], "dies")
         try:
             (where,) = relay.listening()["tcp"]
             probe = load.Probe(relay.proc.pid)
             n = self.n(500)
+            warm = load.clients([where], n, n, procs=2, max_up=4 << 20, max_down=4 << 20, first_id=7)
+            row.add(warm)
+            baseline = load.settle(probe, {"fds": 0, "pipes": 0, "rss": 0}, timeout=1.0)
             running = load.start_clients([where], n, n, procs=2, max_up=4 << 20, max_down=4 << 20, first_id=1)
             time.sleep(2.0)
             origin.kill()
@@ -201,11 +212,67 @@ class Run:
             row.sessions += cut["sessions"] + cut["connect_errors"]
             row.faults += cut["sessions"] - cut["ok"]
             row.checked += cut["checked_bytes"]
+            after = load.settle(probe, baseline, rss_slack=8 * MiB, timeout=10.0)
+            grown = after["rss"] - baseline["rss"]
+            row.leaks += max(0, after["fds"] - baseline["fds"]) + max(0, after["pipes"] - baseline["pipes"])
+            row.leaks += grown > 8 * MiB
+            row.notes.append("%d sessions cut; after they ended: fds %d -> %d, pipes %d -> %d, RSS %+.1f MiB" % (
+                cut["sessions"] - cut["ok"], baseline["fds"], after["fds"], baseline["pipes"], after["pipes"],
+                grown / MiB))
             port = origin.port
             origin = load.Origin(port=port)
             result = load.clients([where], n, n // 2, procs=2, mix=MIX, first_id=5)
             row.add(result, origin.stop())
             return row.done(probe)
+        finally:
+            relay.close()
+            origin.close()
+
+    def hostile_http(self):
+        """The hostile-HTTP corpus replayed from 4 threads beside good keep-alive clients; nothing smuggled."""
+        row, origin = Row("hostile HTTP: corpus beside good clients"), hostile_load.RecordingOrigin()
+        relay = self.relay(["http", "--listen", LISTEN, "--connect", origin.tcp, "--header-timeout", "5"], "hostile")
+        try:
+            (where,) = relay.listening()["http"]
+            probe = load.Probe(relay.proc.pid)
+            warm = hostile_load.GoodClients(where, count=8, seed=100)
+            warmup = [hostile_load.replay(where, case) for case in hostile_corpus.CASES]  # pools at working size
+            warm.stop()
+            baseline = load.settle(probe, {"fds": 0, "pipes": 0, "rss": 0}, timeout=1.0)
+            passes, threads = self.n(100), 4
+            good = hostile_load.GoodClients(where, count=8)
+            outcomes = []
+
+            def replayer(i):
+                for _ in range(passes // threads + (1 if i < passes % threads else 0)):
+                    outcomes.extend(hostile_load.replay(where, case) for case in hostile_corpus.CASES)
+
+            workers = [threading.Thread(target=replayer, args=(i,)) for i in range(threads)]
+            for t in workers:
+                t.start()
+            for t in workers:
+                t.join(300)
+            good.stop()
+            row.sessions = len(outcomes) + good.checked
+            row.faults = len(outcomes)
+            row.checked = good.checked_bytes
+            bad = [(o.case.name, p) for o in warmup + outcomes for p in hostile_load.problems(o)]
+            after = load.settle(probe, baseline, rss_slack=8 * MiB, timeout=10.0)
+            row.peak = probe.peak_rss
+            relay.close()  # every origin connection ends: its records are final
+            origin.close()
+            at_origin = hostile_load.origin_problems(origin, hostile_corpus.CASES, times=passes + 1)
+            smuggled = [r for r in origin.hostile() if r.target.startswith("/smuggled/")]
+            row.failures += len(bad) + sum(map(len, at_origin.values())) + len(good.errors) + len(warm.errors)
+            row.leaks += max(0, after["fds"] - baseline["fds"]) + max(0, after["pipes"] - baseline["pipes"])
+            row.notes.append("%d corpus passes (%d cases each) beside 8 good clients: %d good answers checked, "
+                             "%d requests smuggled to the origin, fds %d -> %d, RSS %+.1f MiB" % (
+                                 passes, len(hostile_corpus.CASES), good.checked, len(smuggled),
+                                 baseline["fds"], after["fds"], (after["rss"] - baseline["rss"]) / MiB))
+            if bad or at_origin or good.errors or warm.errors:
+                row.notes.append("failed: %r %r %r" % (bad[:3], [(name, len(p), p[0]) for name, p in at_origin.items()],
+                                                       (good.errors + warm.errors)[:3]))
+            return row.done()
         finally:
             relay.close()
             origin.close()
@@ -310,7 +377,8 @@ def main(argv=None):
     load.raise_fd_limit()
     started = time.monotonic()
     scenarios = [("integrity", "kernel"), ("integrity", "mbuf"), ("leaks",), ("memory", "kernel"),
-                 ("memory", "mbuf"), ("memory", "http"), ("origin_dies",), ("descriptors",), ("lifecycle",)]
+                 ("memory", "mbuf"), ("memory", "http"), ("origin_dies",), ("hostile_http",), ("descriptors",),
+                 ("lifecycle",)]
     with tempfile.TemporaryDirectory(prefix="splicing-stress-") as tmp:
         run = Run(args.scale, tmp)
         for name, *params in scenarios:
