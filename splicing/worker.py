@@ -25,12 +25,12 @@ import atexit
 import ctypes
 import json
 import os
+import select
 import signal
 import sys
 import threading
 
 from twisted.internet import defer, stdio
-from twisted.python.threadable import isInIOThread
 from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger, eventAsJSON, globalLogBeginner
 from twisted.protocols.basic import LineOnlyReceiver
@@ -50,18 +50,34 @@ def dieWithParent(master):
         sys.exit(0)
 
 
+def _systemd():
+    """
+    C{systemd:} listeners parse here as in the master (then adopt the socket
+    the master handed over): Twisted must see systemd's variables as meant
+    for this process.  It read them when it was imported, and removed all
+    but the names (one per socket) from the environment.
+    """
+    from twisted.internet import endpoints
+    from twisted.python.systemd import ListenFDs
+
+    count = len(os.environ["LISTEN_FDNAMES"].split(":"))
+    environ = dict(os.environ, LISTEN_PID=str(os.getpid()), LISTEN_FDS=str(count))
+    endpoints._SystemdParser._sddaemon = ListenFDs.fromEnvironment(environ)
+
+
 class Channel:
     """
     Messages to the master, as whole lines.  Log events are batched: they
     go out L{LOG_DELAY} seconds after the first of a batch (one write, one
     wake-up of the master for many sessions' events); other messages go
-    out at once, after them.  Any thread may log.
+    out at once, after them.  Any thread, or a signal handler, may log.
     """
 
     def __init__(self, fd, reactor):
         self.fd = fd
         self.reactor = reactor
-        self.lock = threading.Lock()
+        # Reentrant: a signal handler that logs may interrupt a flush.
+        self.lock = threading.RLock()
         self.pending = []
         self.scheduled = False
 
@@ -78,10 +94,8 @@ class Channel:
             if self.scheduled:
                 return
             self.scheduled = True
-        if isInIOThread():
-            self.reactor.callLater(LOG_DELAY, self.flush)
-        else:
-            self.reactor.callFromThread(self.reactor.callLater, LOG_DELAY, self.flush)
+        # callFromThread: safe from other threads and from signal handlers
+        self.reactor.callFromThread(self.reactor.callLater, LOG_DELAY, self.flush)
 
     def flush(self):
         with self.lock:
@@ -93,7 +107,10 @@ class Channel:
             view = memoryview(("\n".join(self.pending) + "\n").encode("utf-8"))
             self.pending = []
             while view:
-                view = view[os.write(self.fd, view):]
+                try:
+                    view = view[os.write(self.fd, view):]
+                except BlockingIOError:  # someone set the pipe non-blocking (systemd's endpoint)
+                    select.select([], [self.fd], [], 1.0)
 
 
 _PLAIN = (str, int, float, bool, type(None))
@@ -179,11 +196,17 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     setup = json.loads(argv[0])
     os.setpgrp()  # a terminal's Ctrl-C reaches the master, which stops the workers
+    messages = MESSAGES
+    if os.environ.get("LISTEN_FDNAMES"):
+        _systemd()
+        # systemd's numbers start at 3 as well: its endpoint closes 3 once it
+        # adopted "its" socket (the one the master handed over, in fact).
+        messages = os.dup(MESSAGES)
     dieWithParent(setup["master"])
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from twisted.internet import reactor
 
-    channel = Channel(MESSAGES, reactor)
+    channel = Channel(messages, reactor)
     globalLogBeginner.beginLoggingTo([channel.logEvent], redirectStandardIO=False)
     atexit.register(channel.flush)
 

@@ -9,6 +9,9 @@ import os
 import re
 import signal
 import socket
+import ssl
+import subprocess
+import sys
 import time
 import urllib.request
 
@@ -18,6 +21,7 @@ import procs
 from procs import Backend, connect, recv_all
 from test_cli_lifecycle import ping, refused, start  # noqa: F401 (start: a fixture)
 from test_cli_udp_http import udp_echo  # noqa: F401 (a fixture)
+from test_relay_tcp import make_cert
 
 LOCAL = "tcp:0:interface=127.0.0.1"
 _STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
@@ -110,23 +114,71 @@ def test_workers_share_sockets_sum_metrics_and_drain_on_sigterm(start, tmp_path)
         backend.close()
 
 
-def test_killed_worker_is_restarted_and_no_worker_outlives_the_master(start):
+def tls_ping(where, data=b"ping"):
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with context.wrap_socket(connect(where)) as s:
+        s.sendall(data)
+        return s.recv(len(data))
+
+
+def test_killed_worker_is_restarted_and_no_worker_outlives_the_master(start, tmp_path):
     backend = Backend(procs.echo)
+    key, cert = make_cert(tmp_path)
     try:
-        relay = start(["tcp", "--workers", "2", "--listen", LOCAL, "--connect", backend.tcp])
-        pids = serving(relay)
-        (where,) = bound(relay, 1)
+        relay = start(["tcp", "--workers", "2", "--listen", LOCAL, "--connect", backend.tcp, "--listen",
+                       "ssl:0:interface=127.0.0.1:privateKey=%s:certKey=%s" % (key, cert)])
+        pids = serving(relay, 4)
+        where, tls = bound(relay, 2)
+        assert tls_ping(tls) == b"ping"  # the master binds, a worker does the TLS
         os.kill(pids[0], signal.SIGKILL)
         relay.wait_for(r"worker 0 \(pid %d\) exited unexpectedly after [\d.]+s: killed by SIGKILL; "
                        r"restarting it in 0\.5s" % pids[0])
         for n in range(10):  # clients meant for the dead worker wait in its socket's backlog
             assert ping(where, b"ping%d" % n) == b"ping%d" % n
-        now = serving(relay, 3)
+        now = serving(relay, 6)
         assert now[1] == pids[1] and now[0] != pids[0] and alive(now[0])
         relay.proc.send_signal(signal.SIGKILL)
         relay.wait()
         wait_gone(now.values(), 5)
     finally:
+        backend.close()
+
+
+ACTIVATE = """if 1:
+    import os, sys
+    os.dup2(int(sys.argv[1]), 3)
+    os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1", LISTEN_FDNAMES="relay")
+    os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+class SocketActivated(procs.Twistd):
+    """twistd started as systemd starts a socket-activated service: its socket is descriptor 3."""
+
+    def __init__(self, tmp, args, sock):
+        self.logpath = os.path.join(str(tmp), "systemd.log")
+        self.log = open(self.logpath, "wb")
+        command = procs.twistd_command() + ["-n", "--pidfile=", "splice"] + args
+        self.proc = subprocess.Popen([sys.executable, "-c", ACTIVATE, str(sock.fileno())] + command,
+                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=procs.ROOT,
+                                     pass_fds=[sock.fileno()], env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def test_systemd_socket_is_shared_by_the_workers(tmp_path):
+    backend = Backend(procs.echo)
+    sock = socket.create_server(("127.0.0.1", 0))
+    relay = SocketActivated(tmp_path, ["tcp", "--workers", "2", "--listen", "systemd:domain=INET:index=0",
+                                       "--connect", backend.tcp], sock)
+    try:
+        serving(relay)
+        where = sock.getsockname()
+        assert bound(relay, 1) == [where]
+        sock.close()  # the relay's copies serve on
+        for n in range(6):
+            assert ping(where, b"hi%d" % n) == b"hi%d" % n
+    finally:
+        relay.close()
         backend.close()
 
 
