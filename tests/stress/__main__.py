@@ -223,6 +223,10 @@ class Run:
             origin = load.Origin(port=port)
             result = load.clients([where], n, n // 2, procs=2, mix=MIX, first_id=5)
             row.add(result, origin.stop())
+            unhandled = relay.text().count("Unhandled Error")
+            if unhandled:
+                row.failures += unhandled
+                row.notes.append("%d unhandled errors in the relay's log" % unhandled)
             return row.done(probe)
         finally:
             relay.close()
