@@ -43,6 +43,15 @@ def _colours(names):
     return {n: COLOURS.get(n) or next(spare) for n in names}
 
 
+def _save(plt, fig, path, note=None):
+    """Every chart ends the same way: the optional footnote, a tight layout, the file."""
+    if note:
+        fig.text(0.01, 0.01, note, fontsize=7, color="#555555")
+    fig.tight_layout(rect=(0, 0.03 if note else 0, 1, 1))
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def bars(path, title, ylabel, items, note=None):
     """
     C{items}: C{[(label, Spread)]}; bars are medians, whiskers the min-max
@@ -65,11 +74,7 @@ def bars(path, title, ylabel, items, note=None):
     ax.set_title(title, fontsize=11)
     ax.margins(y=0.15)
     ax.grid(axis="y", alpha=0.3)
-    if note:
-        fig.text(0.01, 0.01, note, fontsize=7, color="#555555")
-    fig.tight_layout(rect=(0, 0.03 if note else 0, 1, 1))
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path, note)
 
 
 def grouped(path, title, ylabel, groups, series, note=None):
@@ -100,11 +105,7 @@ def grouped(path, title, ylabel, groups, series, note=None):
     ax.margins(y=0.2)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, ncol=min(len(series), 5), loc="upper center", bbox_to_anchor=(0.5, -0.1))
-    if note:
-        fig.text(0.01, 0.01, note, fontsize=7, color="#555555")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path, note)
 
 
 def latency_cdf(path, title, series, note=None):
@@ -134,11 +135,7 @@ def latency_cdf(path, title, series, note=None):
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(title, fontsize=11)
-    if note:
-        fig.text(0.01, 0.01, note, fontsize=7, color="#555555")
-    fig.tight_layout(rect=(0, 0.03 if note else 0, 1, 1))
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path, note)
 
 
 def scaling(path, title, xlabel, ylabel, series, note=None):
@@ -167,8 +164,4 @@ def scaling(path, title, xlabel, ylabel, series, note=None):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=11)
-    if note:
-        fig.text(0.01, 0.01, note, fontsize=7, color="#555555")
-    fig.tight_layout(rect=(0, 0.03 if note else 0, 1, 1))
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path, note)

@@ -12,13 +12,12 @@ connection measured in the same run: it is what a relay adds.
 """
 
 import argparse
-import shutil
 import sys
 import tempfile
 
-from benchmarks.procs import BenchError, Load, run_load
+from benchmarks.procs import BenchError, Load, run_load, stop_all
 from benchmarks.report import Spread, percentile
-from benchmarks.tcp_throughput import Relay
+from benchmarks.tcp_throughput import start_relays
 
 TARGET = 1.4  # splice median / direct median
 RELAYS = ["direct", "portforward", "splice", "splice-mbuf"]
@@ -31,14 +30,7 @@ def measure(names, count, repeat, log=lambda m: None):
     relays, runs, failures = {}, {n: [] for n in names}, []
     try:
         port = origin.port()
-        for n in names:
-            r = Relay(n, workdir, port)
-            try:
-                r.start()
-                relays[n] = r
-            except BenchError as e:
-                r.stop()
-                failures.append("latency: %s did not start: %s" % (n, e))
+        relays = start_relays(names, workdir, port, "latency", failures)
         for rep in range(repeat):
             for n, r in relays.items():
                 try:
@@ -52,10 +44,7 @@ def measure(names, count, repeat, log=lambda m: None):
                 runs[n].append(res["samples"])
             log("latency: repetition %d of %d done" % (rep + 1, repeat))
     finally:
-        for r in relays.values():
-            r.stop()
-        origin.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        stop_all(list(relays.values()) + [origin], workdir)
     return runs, failures
 
 

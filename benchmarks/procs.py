@@ -98,6 +98,14 @@ def proc_cpu(pid):
     return sum(int(x) for x in rest[11:15]) / CLK_TCK
 
 
+def stop_all(stoppables, workdir=None):
+    """Stop every relay or load given (anything with C{stop()}), then remove C{workdir}."""
+    for x in stoppables:
+        x.stop()
+    if workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def rss(pid):
     """Resident set size of a process, bytes (0 if it is gone)."""
     try:

@@ -14,13 +14,12 @@ session.  L{run_rate} is the load generator other benchmarks can reuse.
 """
 
 import argparse
-import shutil
 import sys
 import tempfile
 
-from benchmarks.procs import BenchError, Load, run_load
+from benchmarks.procs import BenchError, Load, run_load, stop_all
 from benchmarks.report import Spread
-from benchmarks.tcp_throughput import Relay
+from benchmarks.tcp_throughput import start_relays
 
 TARGET = 1.5  # splice vs port forwarder, sessions/s
 RELAYS = ["direct", "portforward", "splice", "splice-mbuf"]
@@ -42,14 +41,7 @@ def measure(names, seconds, repeat, concurrency, log=lambda m: None):
     relays, runs, failures = {}, {n: [] for n in names}, []
     try:
         port = origin.port()
-        for n in names:
-            r = Relay(n, workdir, port)
-            try:
-                r.start()
-                relays[n] = r
-            except BenchError as e:
-                r.stop()
-                failures.append("session rate: %s did not start: %s" % (n, e))
+        relays = start_relays(names, workdir, port, "session rate", failures)
         for rep in range(repeat):
             for n, r in relays.items():
                 cpu0 = r.cpu()
@@ -67,10 +59,7 @@ def measure(names, seconds, repeat, concurrency, log=lambda m: None):
                     runs[n].append(res)
             log("session rate: repetition %d of %d done" % (rep + 1, repeat))
     finally:
-        for r in relays.values():
-            r.stop()
-        origin.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        stop_all(list(relays.values()) + [origin], workdir)
     return runs, failures
 
 

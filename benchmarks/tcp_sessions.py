@@ -26,7 +26,7 @@ import tempfile
 
 from benchmarks.procs import BenchError, Load
 from benchmarks.report import Spread
-from benchmarks.tcp_throughput import Receiver, Relay, kill
+from benchmarks.tcp_throughput import Receiver, kill, start_relays
 
 TARGET = 1.5  # splice vs port forwarder, aggregate GB/s
 RELAYS = ["portforward", "splice", "splice-mbuf"]
@@ -73,14 +73,7 @@ def measure(names, counts, seconds, repeat, log=lambda m: None):
     dead = set()  # (relay, sessions) that failed once: not retried, to bound the time
     next_id = 1
     try:
-        for n in names:
-            r = Relay(n, workdir, receiver.port)
-            try:
-                r.start()
-                relays[n] = r
-            except BenchError as e:
-                r.stop()
-                failures.append("tcp sessions: %s did not start: %s" % (n, e))
+        relays = start_relays(names, workdir, receiver.port, "tcp sessions", failures)
         for count in counts:
             for rep in range(repeat):
                 for n, r in relays.items():

@@ -212,6 +212,24 @@ class Relay:
         return used, bad
 
 
+def start_relays(names, workdir, dest_port, what, failures):
+    """
+    Start a L{Relay} per name in front of C{dest_port}; one that does not
+    start is stopped and reported in C{failures} (as C{"what: name did not
+    start: why"}), the others are returned by name.
+    """
+    relays = {}
+    for n in names:
+        r = Relay(n, workdir, dest_port)
+        try:
+            r.start()
+            relays[n] = r
+        except BenchError as e:
+            r.stop()
+            failures.append("%s: %s did not start: %s" % (what, n, e))
+    return relays
+
+
 # -- one run ---------------------------------------------------------------
 
 _run_ids = iter(range(1, 1 << 62))
