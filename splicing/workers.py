@@ -32,7 +32,7 @@ import sys
 
 from twisted.application import service
 from twisted.internet import defer, error, protocol
-from twisted.logger import InvalidLogLevelError, Logger, LogLevel, eventFromJSON, globalLogPublisher
+from twisted.logger import Logger, LogLevel, eventFromJSON, globalLogPublisher
 from twisted.python import usage
 
 from splicing.metrics import WorkerMetrics
@@ -44,6 +44,7 @@ MAX_DELAY = 30.0
 STABLE = 60.0  # seconds a worker runs before its exit counts as a first failure
 KILL_AFTER = 10.0  # seconds past the longest --shutdown-timeout
 METRICS_TIMEOUT = 2.0
+_LEVELS = {level.name: level for level in LogLevel.iterconstants()}
 
 
 def _listens(relay):
@@ -270,12 +271,12 @@ class WorkerPool(service.MultiService):
         """Publish a worker's log event (C{E}: plain fields, C{L}: Twisted's JSON) in the master's log."""
         try:
             if kind == b"E":
-                event = json.loads(data)
-                event["log_level"] = LogLevel.levelWithName(event["log_level"])
+                event = json.loads(data.decode("utf-8"))
+                event["log_level"] = _LEVELS[event["log_level"]]
             else:
                 event = eventFromJSON(data.decode("utf-8"))
                 _unflatten(event)
-        except (ValueError, KeyError, InvalidLogLevelError):
+        except (ValueError, KeyError):
             return
         event["worker"], event["worker_pid"] = worker.index, worker.pid
         system = event.get("log_system")

@@ -11,14 +11,17 @@ sockets and a worker's L{Adopter} takes over the one meant for it.
 Wrappers apply in the worker: C{ssl:} wraps the adopted socket in TLS,
 C{haproxy:} reads PROXY headers from it.
 
-TCP (and UDP) sockets are one per worker, bound to the same address with
-C{SO_REUSEPORT}: the kernel spreads new connections over them, and each
-worker is woken only for its own.  One socket shared by every worker (what
-UNIX and systemd sockets must be) wakes them all for each connection and
-measured slower (see docs/usage.md); C{SPLICING_WORKER_SOCKETS=shared}
-selects it for TCP too, for measurements.  The master keeps its copies
-open, so a worker that dies loses no queued client: its replacement adopts
-the same socket.
+A TCP address is one socket that every worker accepts from: whichever
+worker the scheduler runs next takes the next client, so a worker that is
+slow (a busy core), full (C{--max-sessions}) or dead (until it is
+restarted) leaves its clients to the others.  Each client wakes every
+worker (all but one find nothing to accept): a few microseconds against
+the hundreds a session costs, and measured no slower on 2 cores than one
+C{SO_REUSEPORT} socket per worker (docs/usage.md), which pins each client
+to one worker by a hash of its address.  C{SPLICING_WORKER_SOCKETS=reuseport}
+selects the latter, for measurements.  UNIX and systemd sockets are always
+one.  UDP addresses are always one C{SO_REUSEPORT} socket per worker: the
+hash keeps a client's datagrams on one worker, which must hold its session.
 """
 
 import contextlib
@@ -33,8 +36,8 @@ REUSEPORT = "reuseport"
 
 
 def sharing():
-    """How TCP sockets are shared: L{REUSEPORT} (default) or L{SHARED}."""
-    return SHARED if os.environ.get("SPLICING_WORKER_SOCKETS") == SHARED else REUSEPORT
+    """How TCP addresses are shared: L{SHARED} (default) or L{REUSEPORT}."""
+    return REUSEPORT if os.environ.get("SPLICING_WORKER_SOCKETS") == REUSEPORT else SHARED
 
 
 class _ReusePort(tcp.Port):

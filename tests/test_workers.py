@@ -85,22 +85,25 @@ def test_workers_share_sockets_sum_metrics_and_drain_on_sigterm(start, tmp_path)
         where, unix, proxied = bound(relay, 3)
         assert unix == path and sorted(pids) == [0, 1]
         metrics = procs.address(relay.wait_for(r"metrics http listening on (\S+)")[0])
-        for n in range(24):
-            checked_session(where, 1000 + n)
         checked_session(path, 77)
         with connect(proxied) as s:  # PROXY v1 in: read in a worker, not relayed
             s.sendall(b"PROXY TCP4 192.0.2.1 127.0.0.1 5555 80\r\n" + b"through haproxy:")
             s.shutdown(socket.SHUT_WR)
             assert recv_all(s).startswith(procs.sha256(b"through haproxy:").encode())
-        ended = relay.wait_for(r"\[worker (\d) splicing\.relay\.RelayFactory#info\] session ended: .*, eof", 26)
-        assert set(ended) == {"0", "1"}  # the kernel spread the clients over both workers
+        ended, sessions = [], 2
+        while set(ended) != {"0", "1"}:  # whichever worker runs first accepts: soon both have
+            assert sessions < 200, ended
+            checked_session(where, 1000 + sessions)
+            sessions += 1
+            ended = relay.wait_for(r"\[worker (\d) splicing\.relay\.RelayFactory#info\] session ended: .*, eof",
+                                   sessions)
         text = scrape(metrics)
-        assert re.search(r'splicing_sessions_total\{how="eof",relay="tcp"\} 26\.0', text), text
+        assert re.search(r'splicing_sessions_total\{how="eof",relay="tcp"\} %d\.0' % sessions, text), text
         assert "splicing_workers 2.0" in text
 
         held = connect(where)
         held.sendall(b"x" * 1000)  # a session in one worker when SIGTERM comes
-        relay.wait_for(r"worker \d splicing\.relay\.RelayFactory#info\] session ended", 26)
+        eventually(lambda: backend.accepted > sessions)  # a worker accepted it and connected the backend
         relay.signal(signal.SIGTERM)
         relay.wait_for(r"waiting up to 20.0s for 1 sessions")
         eventually(lambda: refused(where) and not os.path.exists(path))  # each worker closes its own
