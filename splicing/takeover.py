@@ -53,6 +53,10 @@ def borrow(transport, reactor):
     return b
 
 
+def _dead():
+    """The readiness handler of a transport whose connection is gone."""
+
+
 class Borrowed:
     """
     What the splice layer holds of one socket transport.
@@ -272,9 +276,15 @@ class Borrowed:
         """End the connection with C{failure}, as the reactor would."""
         if self.lost or self.datagram or not self.transport.connected:
             return  # a UDP port survives a failed datagram
-        self.reactor.removeReader(self.transport)
-        self.reactor.removeWriter(self.transport)
-        self.transport.connectionLost(failure)
+        t = self.transport
+        self.reactor.removeReader(t)
+        self.reactor.removeWriter(t)
+        t.connectionLost(failure)
+        # A splice fails a transport from inside a readiness event, and the
+        # reactor may call the other handler of the same event next (doWrite
+        # after doRead) on this now socketless transport: make both no-ops,
+        # as Twisted's abortConnection does.
+        t.doRead = t.doWrite = _dead
 
     def _giveUp(self):
         """Remove every override: the transport is plain Twisted again."""
