@@ -9,6 +9,7 @@ A connect that failed for want of a local descriptor blames no target.
 """
 
 from twisted.internet import defer, endpoints
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.interfaces import IStreamClientEndpoint
 from zope.interface import implementer
 
@@ -19,19 +20,21 @@ def clientFromString(reactor, description):
     """
     A client endpoint for C{description}.  Unlike Twisted's parser, C{tcp:}
     resolves host names to IPv4 or IPv6 (a L{HostnameEndpoint}, Twisted
-    #7387); every other prefix (C{tls:}, C{unix:}, plugins) is Twisted's.
+    #7387), and connects to an address literal directly: no resolver thread
+    and no connection race per session for C{host=127.0.0.1} or C{::1}.
+    Every other prefix (C{tls:}, C{unix:}, plugins) is Twisted's.
     """
     endpoint = endpoints.clientFromString(reactor, description)
     if type(endpoint) is endpoints.TCP4ClientEndpoint:
         args, kw = endpoints._parse(description)
         kw = endpoints._parseClientTCP(*args[1:], **kw)
-        return endpoints.HostnameEndpoint(
-            reactor,
-            kw["host"],
-            kw["port"],
-            timeout=kw.get("timeout", 30),
-            bindAddress=kw.get("bindAddress"),
-        )
+        host, port = kw["host"], kw["port"]
+        timeout, bindAddress = kw.get("timeout", 30), kw.get("bindAddress")
+        if isIPAddress(host):
+            return endpoint
+        if isIPv6Address(host):
+            return endpoints.TCP6ClientEndpoint(reactor, host, port, timeout=timeout, bindAddress=bindAddress)
+        return endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout, bindAddress=bindAddress)
     return endpoint
 
 

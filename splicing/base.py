@@ -6,7 +6,6 @@ maximum, the idle timer and the single ending (OpenBSD's C{sounsplice}).
 import errno
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from splicing.errors import SpliceError
@@ -22,7 +21,6 @@ class SpliceBase:
     L{_dissolve} (give the transports back) and L{_afterDone}.
     """
 
-    log = Logger()
     backend = None
     #: Called at the maximum to go on past it (see L{splicing.splice.splice}).
     framer = None
@@ -110,14 +108,9 @@ class SpliceBase:
             self._idleCall.cancel()
         self._idleCall = None
         self._dissolve()
+        # No log event here: C{done} says it, and a relay logs whole sessions
+        # (twistd writes debug events too: two per session cost session rate).
         self.result = SpliceResult(self.length, reason, error)
-        self.log.debug(
-            "splice ended: {reason} after {length} bytes on the {backend} path",
-            reason=reason.name,
-            length=self.length,
-            backend=self.backend,
-            error=self.result.error,
-        )
         self.done.callback(self.result)
         self._afterDone(failed)
 

@@ -152,3 +152,15 @@ def test_config_errors_name_file_and_line(tmp_path):
     options = loaded.relays["a b"].options
     assert options["connect"] == ["tcp:host=h:port=1"] and options["backend"] == "mbuf"
     assert loaded.relays["a b"] == config.load(str(path), {"tcp": TCPOptions}).relays["a b"]
+
+
+def test_backend_address_literals_connect_without_a_resolver():
+    """An address literal gets a plain TCP endpoint (no getaddrinfo thread per session); names resolve."""
+    from twisted.internet import endpoints, reactor
+
+    from splicing.balance import clientFromString
+
+    assert type(clientFromString(reactor, "tcp:host=127.0.0.1:port=80")) is endpoints.TCP4ClientEndpoint
+    assert type(clientFromString(reactor, r"tcp:host=\:\:1:port=80")) is endpoints.TCP6ClientEndpoint
+    assert type(clientFromString(reactor, "tcp:host=localhost:port=80")) is endpoints.HostnameEndpoint
+    assert type(clientFromString(reactor, "unix:/tmp/x.sock")) is endpoints.UNIXClientEndpoint
