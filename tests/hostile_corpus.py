@@ -98,6 +98,8 @@ CASES = [
     _accepted("te-tab-ows", [b"Transfer-Encoding:\tchunked\t"], CHUNKED_HELLO, b"hello", "HTAB is OWS"),
     _accepted("te-name-casing", [b"transfer-ENCODING: chunked"], CHUNKED_HELLO, b"hello",
               "field names are case-insensitive"),
+    _accepted("te-value-casing", [b"Transfer-Encoding: Chunked"], CHUNKED_HELLO, b"hello",
+              "the coding is case-insensitive; forwarded as 'chunked'"),
     _case("te-http10", [TE], CHUNKED_HELLO, 400, "Transfer-Encoding in HTTP/1.0", version=b"HTTP/1.0"),
     _accepted("te-in-trailer", [TE], b"5\r\nhello\r\n0\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n\r\n",
               b"hello", "framing fields in a trailer are forwarded as trailers, framing nothing"),

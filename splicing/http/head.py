@@ -184,6 +184,8 @@ class _Head:
                 _fail(status, "duplicate Transfer-Encoding")
             if te[0].lower() != b"chunked":
                 _fail(status, "Transfer-Encoding other than chunked")
+            if te[0] != b"chunked":  # "Chunked": a backend comparing case-sensitively would not frame it
+                self.headers = _replaced(self.headers, [b"Transfer-Encoding", b"chunked"])
             return None, True
         if not cl:
             return None, False
