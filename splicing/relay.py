@@ -128,6 +128,8 @@ class RelayProtocol(Protocol):
                 self._headerDone()
         elif self._copied("out", data):
             pass
+        elif self._error or self.ended:
+            pass  # bytes a failed splice gave back: the session is ending, no backend takes them
         elif self.backend is not None and self.backend.transport is not None:
             self.backend.transport.write(data)  # between or after the splices
         else:
@@ -348,6 +350,20 @@ class RelayProtocol(Protocol):
             self._close("eof")
         elif not self.ended and not self.splices:
             self._close("backend-lost")
+        self._release()
+
+    def _release(self):
+        """
+        Once both connections are gone, drop the references that make a
+        session a reference cycle (splices, their Deferreds, the backend),
+        so its memory returns at once rather than at the next full
+        garbage collection.
+        """
+        if self.ended and not self.transport.connected and (
+                self.backend is None or not self.backend.transport or not self.backend.transport.connected):
+            if self.backend is not None:
+                self.backend.relay = None
+            self.splices = {}
 
     def connectionLost(self, reason):
         self._cancel()
@@ -356,6 +372,7 @@ class RelayProtocol(Protocol):
         self.factory.forget(self)
         if self.backend is not None and self.backend.transport is not None:
             self.backend.transport.loseConnection()
+        self._release()
 
 
 class RelayFactory(Factory):
