@@ -70,6 +70,8 @@ class _StreamOptions(_Shared):
         ["shutdown-timeout", None, 30.0, "On SIGTERM, seconds running sessions may take to finish.",
          _number("shutdown-timeout")],
         ["backend", None, "auto", "Splice path: auto, kernel, mbuf or transport."],
+        ["idle", None, 600.0, "End a session after this many seconds without a byte either way (0: never).",
+         _number("idle")],
     ]
 
     def __init__(self):
@@ -110,8 +112,6 @@ class TCPOptions(_StreamOptions):
         "--connect a local demo web site is started and used as the backend."
     )
     optParameters = [
-        ["idle", None, 600.0, "End a session after this many seconds without a byte either way (0: never).",
-         _number("idle")],
         ["half-close-timeout", None, 0.0, "End a half-closed session after this many seconds (0: only --idle).",
          _number("half-close-timeout")],
         ["send-proxy", None, None, "Send a PROXY protocol header (v1 or v2) to the backend."],
@@ -373,6 +373,7 @@ def _httpService(name, options, metrics, reactor):
         maxHeaderLines=options["max-header-lines"],
         headerTimeout=options["header-timeout"],
         backendTimeout=options["backend-timeout"],
+        idle=options["idle"],
         allowUpgrade=options["websockets"],
         allowConnect=options["connect-method"],
         allow=options["allow"],

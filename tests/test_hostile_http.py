@@ -120,3 +120,29 @@ def test_slow_body_is_not_cut_by_the_header_timeout(slow_proxy, origin):
     assert answer.startswith(b"HTTP/1.1 200 ") and procs.sha256(body).encode() in answer, answer[:300]
     assert [r.body for r in origin.requests if r.target == "/h/slow-body"] == [body]
 
+
+def test_stalled_body_ends_after_idle_timeout(tmp_path, origin):
+    """
+    A body that stops coming (slowloris on the body) holds a session and an
+    origin connection; as with relayd's session timeout and HAProxy's
+    timeout client, the proxy's --idle ends it once nothing moved for that
+    long, while others are served.  The origin never completes the request.
+    """
+    relay, where = start_proxy(tmp_path, origin, "--header-timeout", "1", "--idle", "1")
+    try:
+        good = GoodClients(where, count=2, seed=20)
+        with socket.create_connection(where, timeout=6) as s:
+            s.sendall(b"POST /h/stalled-body HTTP/1.1\r\nHost: hostile.test\r\nContent-Length: 1000\r\n\r\n"
+                      + b"x" * 10)
+            t0 = time.monotonic()
+            try:
+                answer = procs.recv_all(s)
+            except (socket.timeout, ConnectionResetError) as e:
+                answer = repr(e).encode()
+            elapsed = time.monotonic() - t0
+        good.stop()
+        assert elapsed < 3.0, (elapsed, answer[:200])
+        assert not [r for r in origin.requests if r.target == "/h/stalled-body"]
+        assert good.errors == [] and good.checked > 0, good.errors[:5]
+    finally:
+        relay.close()

@@ -19,7 +19,7 @@ from zope.interface import implementer
 from splicing.access import AllowList
 from splicing.endpoint import noDelay
 from splicing.http.errors import HTTPError
-from splicing.http.flow import CHUNKED, DONE, LENGTH, UNTIL_EOF, Flow
+from splicing.http.flow import CHUNKED, DONE, HEAD, LENGTH, UNTIL_EOF, Flow
 from splicing.http.head import errorResponse, parseRequestHead, parseResponseHead
 from splicing.sessions import SessionTable
 
@@ -85,6 +85,10 @@ class HTTPProxyProtocol(Protocol):
         self.context = f.newContext(self.transport)
         self._headTimer = f.reactor.callLater(f.headerTimeout, self._headerTimeout)
         self._backendTimer = None
+        self._idleTimer = None
+        self._lastMoved, self._lastMove = 0, self.started
+        if f.idle:
+            self._idleTimer = f.reactor.callLater(f.idle / 4.0, self._idleCheck)
         self.transport.resumeProducing()
 
     # -- hooks for subclasses
@@ -304,6 +308,33 @@ class HTTPProxyProtocol(Protocol):
         if self.pending:
             self._sendError(HTTPError(504, "the backend did not answer in time"))
 
+    def _moved(self):
+        """Bytes moved so far, both ways, copied or spliced."""
+        n = 0
+        for flow in (self.requests, self.responses):
+            n += flow.spliced + flow.copied + (flow.splice.length if flow.splice is not None else 0)
+        return n
+
+    def _idleCheck(self):
+        """
+        relayd's session timeout: end the session once no byte moved either
+        way for C{idle} seconds.  A request body that stopped coming (a
+        slowloris body, which the header timeout does not cover) gets 408.
+        """
+        f = self.factory
+        self._idleTimer = None
+        now, moved = f.reactor.seconds(), self._moved()
+        if moved != self._lastMoved:
+            self._lastMoved, self._lastMove = moved, now
+        elif now - self._lastMove >= f.idle:
+            if self.requests.state in (LENGTH, CHUNKED) and self.responses.state == HEAD:
+                self.fail(HTTPError(408, "the request body did not arrive in time"))
+            else:
+                self.abort("idle")
+            return
+        self._idleTimer = f.reactor.callLater(
+            min(f.idle / 4.0, self._lastMove + f.idle - now), self._idleCheck)
+
     def _cancelBackendTimer(self):
         if self._backendTimer is not None and self._backendTimer.active():
             self._backendTimer.cancel()
@@ -314,6 +345,9 @@ class HTTPProxyProtocol(Protocol):
             self._headTimer.cancel()
         self._headTimer = None
         self._cancelBackendTimer()
+        if self._idleTimer is not None and self._idleTimer.active():
+            self._idleTimer.cancel()
+        self._idleTimer = None
 
     # -- endings
 
@@ -386,6 +420,8 @@ class HTTPProxyFactory(Factory):
     @param groups: named backend groups for rules' C{forward to <group>}:
         a mapping of name to a list of client endpoints.
     @param rules: a L{splicing.http.rules.RuleSet} or None.
+    @param idle: seconds without a byte either way before a session ends
+        (0: never); a request body stalled that long gets 408.
     """
 
     protocol = HTTPProxyProtocol
@@ -400,6 +436,7 @@ class HTTPProxyFactory(Factory):
         maxHeaderLines=100,
         headerTimeout=10.0,
         backendTimeout=60.0,
+        idle=600.0,
         allowUpgrade=False,
         allowConnect=False,
         serverName="splicing",
@@ -421,6 +458,7 @@ class HTTPProxyFactory(Factory):
         self.maxHeaderLines = maxHeaderLines
         self.headerTimeout = headerTimeout
         self.backendTimeout = backendTimeout
+        self.idle = idle
         self.allowUpgrade = allowUpgrade
         self.allowConnect = allowConnect
         self.serverName = serverName
