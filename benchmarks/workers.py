@@ -36,7 +36,7 @@ from benchmarks.session_rate import SIZE, run_rate
 from benchmarks.tcp_throughput import Relay
 
 TARGET = 1.6
-CONCURRENCY = 32
+CONCURRENCY = 128  # enough in flight to keep two workers busy (32 left them waiting on the load)
 #: label: (workers, extra environment); None workers: no relay.
 SETUPS = {
     "direct": (None, {}),
