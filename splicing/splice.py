@@ -125,17 +125,18 @@ def splice(source, drain, max=None, idle=None, backend="auto", reactor=None, fra
     _sources[srcKey] = s
     _drains[dstKey] = s
     s.framer = framer
-
-    def forget(result):
-        if _sources.get(srcKey) is s:
-            del _sources[srcKey]
-        if _drains.get(dstKey) is s:
-            del _drains[dstKey]
-        return result
-
-    s.done.addBoth(forget)
+    s.done.addBoth(_forget, s, srcKey, dstKey)
     s.start()
     return s
+
+
+def _forget(result, s, srcKey, dstKey):
+    """The splice ended: its source and drain may be spliced again (no closure: idle relays hold many)."""
+    if _sources.get(srcKey) is s:
+        del _sources[srcKey]
+    if _drains.get(dstKey) is s:
+        del _drains[dstKey]
+    return result
 
 
 def _socketSplice(reactor, src, dst, max, idle, path):

@@ -5,8 +5,10 @@ place of the splice layer.
 Twisted's poll-style reactors keep one selectable per file descriptor, and
 call that selectable's C{doRead}/C{doWrite}.  A splice therefore cannot
 register a second reader for the same descriptor; it takes over the
-transport's own methods instead, as instance attributes that shadow the class
-methods, and removes them when it ends:
+transport's own methods instead.  The transport's class is swapped for a
+subclass (one per transport class, shared) whose methods ask the transport's
+L{Borrowed} record, so a borrowed transport costs one record and no bound
+methods (an idle relay holds thousands):
 
   - C{doRead} belongs to the splice that uses the transport as its source,
     C{doWrite} to the splice that uses it as its drain (two different splices
@@ -29,7 +31,6 @@ splice.  Without owners the remaining overrides behave as Twisted's own.
 
 from twisted.internet import udp
 
-_MISSING = object()
 _ATTR = "_splicingBorrowed"
 
 
@@ -57,6 +58,56 @@ def _dead():
     """The readiness handler of a transport whose connection is gone."""
 
 
+# -- the borrowed classes: each method asks the transport's record
+
+def _doRead(self):
+    b = self.__dict__[_ATTR]
+    return b.reader.doRead() if b.reader is not None else b.cls.doRead(self)
+
+
+def _doWrite(self):
+    b = self.__dict__[_ATTR]
+    return b.writer.doWrite() if b.writer is not None else b.cls.doWrite(self)
+
+
+def _startReading(self):
+    self.__dict__[_ATTR]._startReading()
+
+
+def _stopReading(self):
+    self.__dict__[_ATTR]._stopReading()
+
+
+def _connectionLost(self, reason=None):
+    self.__dict__[_ATTR]._connectionLost(reason)
+
+
+def _readConnectionLost(self, reason):
+    self.__dict__[_ATTR]._readConnectionLost(reason)
+
+
+#: What a borrowed class overrides; the last four may also be instance
+#: attributes someone set before, which the record keeps and calls.
+_METHODS = {
+    "doRead": _doRead,
+    "doWrite": _doWrite,
+    "startReading": _startReading,
+    "stopReading": _stopReading,
+    "connectionLost": _connectionLost,
+    "readConnectionLost": _readConnectionLost,
+}
+_LIFECYCLE = ("startReading", "stopReading", "connectionLost", "readConnectionLost")
+_borrowedClasses = {}
+
+
+def _borrowedClass(cls):
+    """The subclass of C{cls} a borrowed transport has (same name, so logs read alike)."""
+    sub = _borrowedClasses.get(cls)
+    if sub is None:
+        sub = _borrowedClasses[cls] = type(cls.__name__, (cls,), dict(_METHODS, __module__=cls.__module__))
+    return sub
+
+
 class Borrowed:
     """
     What the splice layer holds of one socket transport.
@@ -82,35 +133,18 @@ class Borrowed:
         self.appReading = isReading(reactor, transport)
         self._reading = False
         self._writing = False
-        self._saved = {}
-        transport.__dict__[_ATTR] = self
-        self._override("startReading", self._startReading)
-        self._override("stopReading", self._stopReading)
-        self._override("connectionLost", self._connectionLost)
-        self._override("readConnectionLost", self._readConnectionLost)
-
-    # -- instance attributes shadowing the transport's methods
-
-    def _override(self, name, func):
-        d = self.transport.__dict__
-        self._saved[name] = (d.get(name, _MISSING), func)
-        d[name] = func
-
-    def _restore(self, name):
-        saved, ours = self._saved.pop(name, (_MISSING, None))
-        d = self.transport.__dict__
-        if d.get(name) is not ours:
-            return  # someone else (abortConnection) replaced it since: leave theirs
-        if saved is _MISSING:
-            del d[name]
-        else:
-            d[name] = saved
+        self.cls = type(transport)
+        d = transport.__dict__
+        self._saved = None
+        if any(name in d for name in _LIFECYCLE):  # rare: keep them, they are the originals
+            self._saved = {name: d.pop(name) for name in _LIFECYCLE if name in d}
+        d[_ATTR] = self
+        transport.__class__ = _borrowedClass(self.cls)
 
     def _original(self, name):
-        saved = self._saved.get(name, (_MISSING, None))[0]
-        if saved is not _MISSING:
-            return saved
-        return getattr(type(self.transport), name).__get__(self.transport)
+        if self._saved and name in self._saved:
+            return self._saved[name]
+        return getattr(self.cls, name).__get__(self.transport)
 
     def fileno(self):
         return self.socket.fileno()
@@ -119,7 +153,6 @@ class Borrowed:
 
     def takeRead(self, owner):
         self.reader = owner
-        self._override("doRead", owner.doRead)
         # keep the registration as it is: the splice's first pass decides
         self._reading = isReading(self.reactor, self.transport)
 
@@ -154,7 +187,6 @@ class Borrowed:
     def releaseRead(self, owner, leftover=b""):
         self.giveBack(leftover)
         self.reader = None
-        self._restore("doRead")
         self._reading = False
         if not self.lost:
             t = self.transport
@@ -206,7 +238,6 @@ class Borrowed:
 
     def takeWrite(self, owner):
         self.writer = owner
-        self._override("doWrite", owner.doWrite)
 
     def wantWrite(self, flag):
         if flag != self._writing:
@@ -227,7 +258,7 @@ class Borrowed:
 
     def flushPendingWrites(self):
         """Let Twisted write what the application wrote; returns its verdict."""
-        why = type(self.transport).doWrite(self.transport)
+        why = self.cls.doWrite(self.transport)
         # Twisted stops write events when its buffer empties; the splice
         # decides again right after.
         self._writing = False
@@ -235,7 +266,6 @@ class Borrowed:
 
     def releaseWrite(self, owner):
         self.writer = None
-        self._restore("doWrite")
         self._writing = False
         if not self.lost:
             if self.hasPendingWrites() or self.closing():
@@ -288,8 +318,10 @@ class Borrowed:
 
     def _giveUp(self):
         """Remove every override: the transport is plain Twisted again."""
-        if self.transport.__dict__.get(_ATTR) is not self:
+        t = self.transport
+        if t.__dict__.get(_ATTR) is not self:
             return
-        for name in list(self._saved):
-            self._restore(name)
-        del self.transport.__dict__[_ATTR]
+        t.__class__ = self.cls
+        del t.__dict__[_ATTR]
+        if self._saved:
+            t.__dict__.update(self._saved)
