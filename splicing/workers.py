@@ -221,8 +221,11 @@ class WorkerPool(service.MultiService):
         self._previous = onSIGHUP(self.reactor, self.reload)
 
     def bind(self, config):
-        """Listeners for C{config}'s relays (kept if unchanged); False if one failed."""
-        keys = {key: (name, relay) for name, relay in config.relays.items() for key in _keys(name, relay)}
+        """
+        Listeners for C{config}'s relays (kept if unchanged; a removed one
+        closes at once, for the old workers too); False if one failed.
+        """
+        keys = [key for name, relay in config.relays.items() for key in _keys(name, relay)]
         for key in [k for k in self.listeners if k not in keys]:
             self.listeners.pop(key).disownServiceParent()
         for key in keys:
