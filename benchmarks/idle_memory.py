@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 
-from benchmarks.procs import Load, descendants, pipe_fds, rss
+from benchmarks.procs import Load, descendants, pipe_fds, pss, rss
 from benchmarks.tcp_throughput import Relay, twistd
 
 TARGET_MIB = 200
@@ -53,7 +53,7 @@ def sample(relays):
     pids = relay_pids(relays)
     each = [(p, rss(p), pipe_fds(p), len(os.listdir("/proc/%d/fd" % p))) for p in pids]
     return {"rss": sum(e[1] for e in each), "pipes": sum(e[2] for e in each),
-            "processes": len(pids), "each": each}
+            "pss": sum(pss(p) for p in pids), "processes": len(pids), "each": each}
 
 
 class PipeWatch:
@@ -160,17 +160,21 @@ def suite(ctx):
             m["held"], m["holders"], m["origins"], how, WAVE_SECONDS, m["waves"],
             m["wave_samples"]),
         [("relay", "state", "%s"), ("sessions", "sessions", "%d"), ("rss", "relay RSS MiB", "%.1f"),
-         ("pipes", "pipe fds", "%d")])
+         ("pss", "relay PSS MiB", "%.1f"), ("pipes", "pipe fds", "%d")])
     table.rows += [
         {"relay": "baseline (no session)", "sessions": 0, "rss": mib(m["base"]["rss"]),
-         "pipes": m["base"]["pipes"]},
+         "pss": mib(m["base"]["pss"]), "pipes": m["base"]["pipes"]},
         {"relay": "idle", "sessions": m["held"], "rss": mib(m["idle"]["rss"]),
-         "pipes": m["idle"]["pipes"]},
-        {"relay": "most during the ping wave", "sessions": m["pinged"], "rss": None,
+         "pss": mib(m["idle"]["pss"]), "pipes": m["idle"]["pipes"]},
+        {"relay": "most during the ping wave", "sessions": m["pinged"], "rss": None, "pss": None,
          "pipes": m["wave_max"]},
         {"relay": "after the ping wave", "sessions": m["held"], "rss": mib(m["after"]["rss"]),
-         "pipes": m["after"]["pipes"]},
+         "pss": mib(m["after"]["pss"]), "pipes": m["after"]["pipes"]},
     ]
+    table.notes.append(
+        "RSS summed over the relay's processes counts the pages they share (the interpreter, "
+        "Twisted, OpenSSL) once per process; PSS (/proc/PID/smaps_rollup) divides each shared "
+        "page among its sharers, so its sum is what the relay costs the machine.")
     for state in ("base", "idle", "after"):
         table.notes.append("Per process, %s: %s." % (
             {"base": "baseline", "idle": "idle", "after": "after the waves"}[state], ", ".join(
@@ -206,7 +210,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     m = measure(args.sessions, print)
     for k in ("base", "idle", "after"):
-        print("%-6s RSS %7.1f MiB  pipes %d" % (k, m[k]["rss"] / 2**20, m[k]["pipes"]))
+        print("%-6s RSS %7.1f MiB  PSS %7.1f MiB  pipes %d" % (
+            k, m[k]["rss"] / 2**20, m[k]["pss"] / 2**20, m[k]["pipes"]))
     print("most pipes during the ping wave: %d (%d samples)" % (m["wave_max"], m["wave_samples"]))
     if m["held"]:
         print("bytes per idle session: %.0f" % ((m["idle"]["rss"] - m["base"]["rss"]) / m["held"]))

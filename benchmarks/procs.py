@@ -106,16 +106,30 @@ def stop_all(stoppables, workdir=None):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def rss(pid):
-    """Resident set size of a process, bytes (0 if it is gone)."""
+def _procField(path, name):
+    """A C{name: N kB} field of a /proc file, in bytes (0 if the process is gone)."""
     try:
-        with open("/proc/%d/status" % pid) as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(name):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
+
+
+def rss(pid):
+    """Resident set size of a process, bytes (0 if it is gone)."""
+    return _procField("/proc/%d/status" % pid, "VmRSS:")
+
+
+def pss(pid):
+    """
+    Proportional set size, bytes: resident pages, each shared page divided by
+    the processes sharing it, so a sum over processes counts shared libraries
+    once (a sum of RSS counts them once per process).
+    """
+    return _procField("/proc/%d/smaps_rollup" % pid, "Pss:")
 
 
 def descendants(pid):
