@@ -15,6 +15,7 @@ C{\\:}):
     once, when the service starts.
 """
 
+import collections
 import socket
 
 from twisted.application import service
@@ -186,6 +187,8 @@ class UDPRelayService(service.Service):
         self.port = None
         self.backend = None
         self._sessions = {}
+        self._queue = collections.deque()  # datagrams to dispatch (see dispatch)
+        self._dispatching = False
         self.sessionsTotal = 0
         self.dropped = 0
         self.lost = 0
@@ -199,6 +202,10 @@ class UDPRelayService(service.Service):
             self._reactor = reactor
         return self._reactor
 
+    #: A bound socket to serve instead of binding C{listenAt}: a worker's,
+    #: inherited from its master (see L{splicing.workersockets}).
+    inheritedSocket = None
+
     # -- the service
 
     def startService(self):
@@ -209,6 +216,8 @@ class UDPRelayService(service.Service):
         self.backend = (host, port)
         interface, lport = self.listenAt
         p = _ListenPort(lport, _Listener(self), interface, 65536, self.reactor)
+        if self.inheritedSocket is not None:
+            p._preexistingSocket = self.inheritedSocket  # Twisted's adopt path: no bind
         p.socketBuffer = self.socketBuffer
         p.startListening()
         self.port = p
@@ -231,7 +240,26 @@ class UDPRelayService(service.Service):
     # -- datagrams from clients
 
     def dispatch(self, data, client, local):
-        """A datagram that reached a socket of the relay outside any splice."""
+        """
+        A datagram that reached a socket of the relay outside any splice.
+
+        A new session reads what reached its socket before it was connected,
+        other clients' datagrams among them, which are dispatched again: a
+        burst of new clients would nest one session start in the other
+        (a RecursionError past a few hundred).  They wait in a queue
+        instead, handled in the order they were found.
+        """
+        self._queue.append((data, client, local))
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            while self._queue:
+                self._dispatchOne(*self._queue.popleft())
+        finally:
+            self._dispatching = False
+
+    def _dispatchOne(self, data, client, local):
         key = tuple(client[:2])
         session = self._sessions.get(key)
         if session is None:
