@@ -24,7 +24,6 @@ one.  UDP addresses are always one C{SO_REUSEPORT} socket per worker: the
 hash keeps a client's datagrams on one worker, which must hold its session.
 """
 
-import contextlib
 import os
 import socket
 
@@ -214,38 +213,8 @@ class _InheritedUDP(service.MultiService):
 
     def __init__(self, relay, sock):
         service.MultiService.__init__(self)
+        relay.inheritedSocket = sock
         relay.setServiceParent(self)
-        self.sock = sock
-
-    def startService(self):
-        with adoptingUDP(self.sock):
-            service.MultiService.startService(self)
 
 
-@contextlib.contextmanager
-def adoptingUDP(sock):
-    """
-    While this runs, the UDP relay's listening port is made on C{sock}
-    (Twisted's adopt path) instead of binding a new socket.
-
-    L{splicing.udp.UDPRelayService} makes its port in C{startService} and
-    has no hook for an inherited socket: this swaps the class it calls for
-    the length of that call.  A C{listenPort()} hook there would replace it.
-    """
-    from splicing import udp
-
-    make = udp._ListenPort
-
-    def adopted(*args, **kw):
-        port = make(*args, **kw)
-        port._preexistingSocket = sock
-        return port
-
-    udp._ListenPort = adopted
-    try:
-        yield
-    finally:
-        udp._ListenPort = make
-
-
-__all__ = ["Binder", "Sockets", "Adopter", "Inherited", "adoptingUDP", "sharing"]
+__all__ = ["Binder", "Sockets", "Adopter", "Inherited", "sharing"]
