@@ -8,9 +8,10 @@ Usage::
     s.done.addCallback(lambda r: print(r.length, r.reason, r.error))
 """
 
+from splicing.base import Last
 from splicing.errors import SpliceError
 from splicing.result import Reason, SpliceResult
 from splicing.splice import splice
 
 __version__ = "0.1.0"
-__all__ = ["splice", "SpliceError", "Reason", "SpliceResult"]
+__all__ = ["splice", "Last", "SpliceError", "Reason", "SpliceResult"]

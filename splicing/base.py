@@ -12,6 +12,23 @@ from splicing.errors import SpliceError
 from splicing.interfaces import ISplice
 from splicing.result import Reason, SpliceResult
 
+#: The most a framer is shown at a time: enough for any framing unit (an
+#: HTTP chunk-size or trailer line is at most 4 KiB), small enough that a
+#: peek copies next to nothing.
+FRAMER_PEEK = 8192
+
+
+class Last(int):
+    """
+    A framer's answer: this many more bytes, and the framed stream ends
+    there (the splice then ends with MAX, the bytes after it untouched).
+    """
+
+    __slots__ = ()
+
+    def __repr__(self):
+        return "Last(%d)" % (self,)
+
 
 @implementer(ISplice)
 class SpliceBase:
@@ -63,30 +80,26 @@ class SpliceBase:
 
     # -- the maximum
 
-    def _atMax(self, data=b""):
+    def _frame(self, data):
         """
-        The maximum is reached and nothing is in flight.  Without a framer
-        the splice ends (MAX) and C{data} (read past the maximum) goes back
-        to the source.  A framer consumes C{data} and either extends the
-        maximum (an int: that many more bytes; 0: it needs more bytes first)
-        or ends the splice, returning the bytes that follow the framed
-        stream.  Returns whether the splice goes on.
+        The source has been read up to the maximum and C{data} follows it
+        (peeked or already read; at most L{FRAMER_PEEK} bytes): ask the
+        framer how far the stream goes on.  Returns whether the maximum was
+        extended; False means the framer needs more than C{data}.  Once the
+        framer answers L{Last}, it is dropped and the splice ends (MAX) at
+        the new maximum like any other.
         """
-        if self.framer is not None:
-            more = self.framer(data)
-            if not isinstance(more, bytes):
-                if isinstance(more, bool) or not isinstance(more, int) or more < 0:
-                    raise SpliceError(errno.EINVAL, "a framer returned %r" % (more,))
-                self.max += more
-                return True
-            data = more
-        self._giveBack(data)
-        self._end(Reason.MAX)
-        return False
-
-    def _giveBack(self, data):
-        """Bytes read past the maximum: they belong to the source again."""
-        raise NotImplementedError
+        more = self.framer(data)
+        if isinstance(more, bool) or not isinstance(more, int) or more < 0:
+            raise SpliceError(errno.EINVAL, "a framer returned %r" % (more,))
+        if isinstance(more, Last):
+            self.framer = None
+        elif not more:
+            if len(data) >= FRAMER_PEEK:
+                raise SpliceError(errno.EINVAL, "a framer needed more than %d bytes" % (FRAMER_PEEK,))
+            return False
+        self.max += more
+        return True
 
     # -- the ending
 

@@ -36,7 +36,7 @@ class ISplice(Interface):
     done = Attribute("A Deferred firing once with an L{ISpliceResult}.")
     framer = Attribute(
         "A callable that extends the splice past its maximum for a framed stream "
-        "(see L{splicing.splice.splice}), or None."
+        "(see L{splicing.splice.splice}), or None (also once it answered C{Last})."
     )
 
     def unsplice():

@@ -14,16 +14,13 @@ so both paths have the same semantics:
 """
 
 import errno
+import socket
 
 from twisted.internet import error as twerror
 from twisted.python.failure import Failure
 
-from splicing.base import SpliceBase
+from splicing.base import FRAMER_PEEK, SpliceBase
 from splicing.result import Reason
-
-#: How much a framer is given at a time: a chunk's framing and a little data
-#: (more would copy chunk data through Python).
-FRAMING_READ = 4096
 
 #: A stream read that returns less than asked and less than this emptied the
 #: socket (small messages): the loop does not read again until the next read
@@ -63,7 +60,8 @@ class SocketSplice(SpliceBase):
         self._dry = False  # the source had nothing to read
         self._waitingForBuffer = False
         self._kick = None
-        self._framing = False  # at the maximum, waiting for what a framer reads
+        self._past = b""  # read past the maximum, not yet accepted by the framer
+        self._tail = b""  # accepted by the framer, sent after what is in flight
 
     def start(self):
         self._src.takeRead(self)
@@ -114,6 +112,8 @@ class SocketSplice(SpliceBase):
         drainBlocked = False
         for _ in range(ROUNDS):
             progress = False
+            if self._tail and not (self._head or mover.holding):
+                self._head, self._tail = self._tail, b""
             if self._head:
                 try:
                     n = dst.socket.send(self._head)
@@ -142,13 +142,8 @@ class SocketSplice(SpliceBase):
                     progress = True
                 if mover.holding:
                     drainBlocked = True
-            if max is not None and self.length >= max:
-                if self.framer is None:
-                    return self._end(Reason.MAX)
-                if not self._frame():
-                    break
-                max = self.max
-                progress = True
+            if max is not None and self.length >= max and self.framer is None:
+                return self._end(Reason.MAX)
             if not (self._head or mover.holding):
                 if self._stop is not None:
                     return self._end(self._stop)
@@ -159,10 +154,21 @@ class SocketSplice(SpliceBase):
                     if dst.hasPendingWrites():
                         drainBlocked = True
                         break
-            if self._stop is not None or self._dry or self._fillBlocked or self._waitingForBuffer:
+            if self._stop is not None or self._dry or self._fillBlocked or self._waitingForBuffer or self._tail:
                 if not progress:
                     break
                 continue
+            if max is not None and self._received >= max and self.framer is not None:
+                framed = self._frameNext()
+                if framed is None:
+                    return  # ended
+                if framed:
+                    max = self.max
+                    progress = True
+                elif not progress:
+                    break
+                if self._tail or not framed:
+                    continue
             limit = mover.space
             if max is not None:
                 limit = min(limit, max - self._received)
@@ -194,46 +200,63 @@ class SocketSplice(SpliceBase):
             moved = True
         if moved:
             self._touch()
-        if self._stop is not None and not (self._head or mover.holding):
+        if self._stop is not None and not (self._head or self._tail or mover.holding):
             # EOF (or SHORT) seen in the last pass: no event would come for it
             return self._end(self._stop)
         self._interest(drainBlocked)
 
-    def _frame(self):
+    def _frameNext(self):
         """
-        At the maximum, with a framer: read what follows (a chunk's framing)
-        and let the framer extend the maximum or end the splice.  Whether
-        the loop goes on.
+        The source has been read up to the maximum: show the framer what
+        follows.  The bytes are peeked, so what the framer accepts moves
+        through the mover like the rest and the bytes in flight keep
+        flowing meanwhile.  Only a framing unit that arrived in pieces is
+        taken from the socket (a peek would report the same bytes on every
+        read event); what the framer then accepts of it goes out after the
+        bytes in flight (C{_tail}).  True: the maximum was extended; False:
+        wait for a read event; None: the splice ended.
         """
-        self._framing = False
+        src = self._src
+        past = self._past
+        if src.leftover:
+            past += src.takeLeftover()
         try:
-            data = self._src.socket.recv(FRAMING_READ)
+            got = src.socket.recv(FRAMER_PEEK - len(past), 0 if past else socket.MSG_PEEK)
         except BlockingIOError:
-            self._framing = True  # wait for the next read event
-            return False
+            got = None
         except OSError as e:
-            self._end(Reason.ERROR, e.errno, self._src)
-            return False
-        if not data:
-            self._end(Reason.EOF)
-            return False
-        self._touch()
-        if not self._atMax(data):
-            return False
-        self._framing = self.length >= self.max
-        return True
-
-    def _giveBack(self, data):
-        self._src.giveBack(data)
+            self._past = past
+            self._end(Reason.ERROR, e.errno, src)
+            return None
+        data = past + got if past and got else (got or past)
+        if data:
+            before = self.max
+            if self._frame(data):
+                if past:  # taken already: what the framer accepted goes out after the bytes in flight
+                    accepted = data[: self.max - before]
+                    self._past = data[len(accepted):]
+                    self._tail += accepted
+                    self._received += len(accepted)
+                return True
+            if got and not past:
+                data = src.socket.recv(len(got))  # take what was peeked (it is there) and wait for more
+            self._past = data
+        if got == b"":
+            self._stop = Reason.EOF
+        else:
+            self._dry = True
+        return False
 
     def _interest(self, drainBlocked):
         mover = self._mover
-        room = mover.space > 0 and (self.max is None or self._received < self.max or self._framing)
+        room = mover.space > 0 and not self._tail and (
+            self.max is None or self._received < self.max or self.framer is not None
+        )
         self._src.wantRead(
             self._stop is None and room and not self._fillBlocked and not self._waitingForBuffer
         )
         self._dst.wantWrite(
-            bool(self._head) or mover.holding or self._dst.hasPendingWrites() or drainBlocked
+            bool(self._head or self._tail) or mover.holding or self._dst.hasPendingWrites() or drainBlocked
         )
 
     # -- endings
@@ -254,10 +277,10 @@ class SocketSplice(SpliceBase):
         if self._kick is not None and self._kick.active():
             self._kick.cancel()
         self._kick = None
-        leftover = self._mover.release()
-        if self._head:
-            leftover = self._head + leftover
-        self._head = b""
+        leftover = self._mover.release()  # datagrams: a list
+        if self._head or self._tail or self._past:  # byte streams only
+            leftover = self._head + leftover + self._tail + self._past
+        self._head = self._tail = self._past = b""
         self._dst.releaseWrite(self)
         self._src.releaseRead(self, leftover)
 

@@ -97,13 +97,17 @@ def splice(source, drain, max=None, idle=None, backend="auto", reactor=None, fra
     @param idle: seconds without progress before C{Reason.IDLE} (ETIMEDOUT).
     @param backend: "auto", "kernel", "mbuf" or "transport".
     @param framer: an extension for framed byte streams (HTTP chunks): when
-        C{max} is reached, instead of ending, the splice reads what follows
-        (a few KiB) and calls C{framer(data)}.  The framer consumes C{data}
-        (writing what it must to the drain itself) and returns an int to go
-        on (that many more bytes are spliced; 0: call again with more data)
-        or the bytes that follow the framed stream, to end the splice (MAX)
-        and give those bytes back to the source.  One splice then serves a
-        whole chunked body, at no per-chunk set-up cost.
+        the source has been read up to C{max}, instead of ending, the splice
+        calls C{framer(data)} with the bytes that follow (up to 8 KiB,
+        peeked: not taken from the source).  The framer returns how many
+        more bytes the splice moves (its framing and the payload it
+        announces: it may exceed C{len(data)}), 0 if it needs more bytes
+        than C{data} to tell (it is called again with more, so it must not
+        have changed its state), or C{Last(n)}: n more bytes, then the
+        stream ends (MAX) and what follows stays with the source.  The
+        framing moves with the payload, so nothing is copied through
+        Python and the bytes in flight never wait for the framer; one
+        splice serves a whole chunked body.
     @return: an L{ISplice}; its C{done} Deferred fires with the result.
     @raise SpliceError: the request is invalid (errno says why).
     """

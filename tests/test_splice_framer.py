@@ -1,8 +1,9 @@
 """
 splice(framer=...): one splice carries a framed stream (what the HTTP proxy
-does with chunked bodies), on every path: the framer sees exactly the bytes
-between the spliced runs, extends the maximum, waits for more framing, and
-ends the splice giving back what follows the stream.
+does with chunked bodies), on every path: the framer is shown the bytes
+that follow each run, extends the maximum over the framing and the next
+run, waits for more framing, and ends the splice, leaving what follows the
+stream to the source.  Every byte of the stream is spliced, none copied.
 """
 
 import errno
@@ -12,6 +13,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
+from splicing import Last
 from harness import check_run, expect_result, sleep, wait_until
 
 BACKENDS = ("kernel", "mbuf", "transport")
@@ -22,44 +24,24 @@ SIZES = [5, 4000, 1 << 20, 3, 70000, 1, 4096, 200000, 2]
 class LengthFramer:
     """
     Records framed as C{b"<n>\\n"} and C{n} payload bytes; C{b"0\\n"} ends
-    the stream.  Headers (and payload that arrived with them) are written to
-    the drain by the framer; the rest of each payload is left to the splice.
+    the stream.  The framer only reads each header: the splice moves it
+    with its payload.
     """
 
-    def __init__(self, drain):
-        self.drain = drain
-        self.line = b""
-        self.remaining = 0
-        self.copied = 0
+    def __init__(self):
         self.calls = 0
-
-    def _write(self, data):
-        self.copied += len(data)
-        self.drain.write(data)
+        self.shown = b""  # the bytes the framer was last shown
 
     def __call__(self, data):
         self.calls += 1
-        pos = 0
-        while pos < len(data):
-            if self.remaining:
-                take = data[pos:pos + self.remaining]
-                self._write(take)
-                self.remaining -= len(take)
-                pos += len(take)
-                continue
-            nl = data.find(b"\n", pos)
-            if nl < 0:
-                self.line += data[pos:]
-                return 0
-            line, self.line = self.line + data[pos:nl + 1], b""
-            pos = nl + 1
-            self._write(line)
-            n = int(line)
-            if n == 0:
-                return data[pos:]
-            self.remaining = n
-        more, self.remaining = self.remaining, 0
-        return more
+        self.shown = data
+        nl = data.find(b"\n")
+        if nl < 0:
+            return 0
+        n = int(data[:nl])
+        if n == 0:
+            return Last(nl + 1)
+        return nl + 1 + n
 
 
 def framed(sizes, seed=7):
@@ -100,7 +82,7 @@ async def test_framed_stream_one_splice(net, backend):
     writer, source, drain, reader = await pairs(net)
     stream = framed(SIZES)
     tail = b"GET /next HTTP/1.1\r\n"
-    framer = LengthFramer(drain.transport)
+    framer = LengthFramer()
     run = net.splice(source, drain, max=0, framer=framer, backend=backend)
     await write_in_pieces(writer, stream + tail)
     r = await run.wait()
@@ -108,9 +90,8 @@ async def test_framed_stream_one_splice(net, backend):
     expect_result(run, "MAX", errno.EFBIG)
     await wait_until(lambda: len(reader.received) >= len(stream), what="the framed stream")
     assert bytes(reader.received) == stream
-    # every byte went either through the splice or through the framer, once
-    assert r.length + framer.copied == len(stream)
-    assert r.length > sum(SIZES) // 2  # the payload was spliced, not copied
+    assert r.length == len(stream)  # framing and payload spliced, each byte once
+    assert framer.calls >= len(SIZES) + 1
     await wait_until(lambda: bytes(source.received) == tail, what="the bytes after the stream")
     assert not source.violations
 
@@ -120,17 +101,93 @@ async def test_framed_stream_one_splice(net, backend):
 async def test_framer_waits_then_eof(net, backend):
     """A source that ends inside the framing ends the splice with EOF."""
     writer, source, drain, reader = await pairs(net)
-    framer = LengthFramer(drain.transport)
+    framer = LengthFramer()
     run = net.splice(source, drain, max=0, framer=framer, backend=backend)
     writer.transport.write(b"3\nabc1")
-    await wait_until(lambda: framer.line == b"1", what="a partial framing line")
+    await wait_until(lambda: framer.shown == b"1", what="a partial framing line")
     assert run.result is None
+    writer.transport.write(b"2")  # still no end of line: asked again, with both bytes
+    await wait_until(lambda: framer.shown == b"12", what="the line, grown")
     writer.transport.loseWriteConnection()
     r = await run.wait()
     check_run(run, backend)
     expect_result(run, "EOF")
     await wait_until(lambda: bytes(reader.received) == b"3\nabc", what="the first record")
-    assert r.length + framer.copied == 5
+    assert r.length == 5
+    # the unfinished line was not moved: it is the source's again
+    await wait_until(lambda: bytes(source.received) == b"12", what="the partial line back at the source")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest_twisted.ensureDeferred
+async def test_framing_in_pieces(net, backend):
+    """
+    A header that arrives in pieces: the framer is asked again as it grows,
+    and once it can tell, the header, its record and the next records move
+    in order after what was in flight (even when the last header has no more
+    bytes behind it, and the end comes with EOF right after).
+    """
+    writer, source, drain, reader = await pairs(net)
+    framer = LengthFramer()
+    run = net.splice(source, drain, max=0, framer=framer, backend=backend)
+    first = b"3\nabc"
+    writer.transport.write(first + b"1")
+    await wait_until(lambda: framer.shown == b"1", what="a partial header")
+    rest = b"2\n" + b"x" * 12 + b"5\nhello" + b"0\n"
+    writer.transport.write(rest + b"after")
+    r = await run.wait()
+    check_run(run, backend)
+    expect_result(run, "MAX", errno.EFBIG)
+    stream = first + b"1" + rest
+    await wait_until(lambda: len(reader.received) >= len(stream), what="the stream")
+    assert bytes(reader.received) == stream
+    assert r.length == len(stream)
+    await wait_until(lambda: bytes(source.received) == b"after", what="the bytes after the stream")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest_twisted.ensureDeferred
+async def test_last_header_then_eof(net, backend):
+    """The end header arrives alone after a partial one, then EOF: MAX, nothing left over."""
+    writer, source, drain, reader = await pairs(net)
+    framer = LengthFramer()
+    run = net.splice(source, drain, max=0, framer=framer, backend=backend)
+    writer.transport.write(b"2\nab0")
+    await wait_until(lambda: framer.shown == b"0", what="a partial end header")
+    writer.transport.write(b"\n")
+    writer.transport.loseWriteConnection()
+    r = await run.wait()
+    check_run(run, backend)
+    expect_result(run, "MAX", errno.EFBIG)
+    await wait_until(lambda: bytes(reader.received) == b"2\nab0\n", what="the stream")
+    assert r.length == 6
+
+
+@pytest.mark.parametrize("answer", ["x", -1, True, 1.5])
+def test_framer_answer_checked(answer):
+    """A framer that answers something else than a count is a programming error, said so."""
+    from splicing import SpliceError
+    from splicing.base import SpliceBase
+
+    s = SpliceBase(reactor, 0, None)
+    s.framer = lambda data: answer
+    with pytest.raises(SpliceError) as info:
+        s._frame(b"data")
+    assert info.value.errno == errno.EINVAL and repr(answer) in str(info.value)
+
+
+def test_framer_must_decide_within_the_peek():
+    from splicing import SpliceError
+    from splicing.base import FRAMER_PEEK, SpliceBase
+
+    s = SpliceBase(reactor, 0, None)
+    s.framer = lambda data: 0
+    assert s._frame(b"x" * (FRAMER_PEEK - 1)) is False  # asks for more
+    with pytest.raises(SpliceError) as info:
+        s._frame(b"x" * FRAMER_PEEK)
+    assert info.value.errno == errno.EINVAL
+    s.framer = lambda data: Last(3)
+    assert s._frame(b"abc") is True and s.max == 3 and s.framer is None
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -138,7 +195,7 @@ async def test_framer_waits_then_eof(net, backend):
 async def test_unsplice_while_framing(net, backend):
     """Unsplice between records: nothing moved twice, the rest reaches the protocol."""
     writer, source, drain, reader = await pairs(net)
-    framer = LengthFramer(drain.transport)
+    framer = LengthFramer()
     run = net.splice(source, drain, max=0, framer=framer, backend=backend)
     writer.transport.write(b"4\nabcd")
     await wait_until(lambda: bytes(reader.received) == b"4\nabcd", what="the first record")
@@ -158,14 +215,14 @@ async def test_framer_with_initial_max(net, backend):
     """The first run's length is given; the framer takes over at its end."""
     writer, source, drain, reader = await pairs(net)
     stream = b"x" * 10000 + framed([50000, 7])
-    framer = LengthFramer(drain.transport)
+    framer = LengthFramer()
     run = net.splice(source, drain, max=10000, framer=framer, backend=backend)
     writer.transport.write(stream + b"after")
     r = await run.wait()
     check_run(run, backend)
     expect_result(run, "MAX", errno.EFBIG)
     await wait_until(lambda: bytes(reader.received) == stream, what="the stream")
-    assert r.length + framer.copied == len(stream)
+    assert r.length == len(stream)
     await wait_until(lambda: bytes(source.received) == b"after", what="the bytes after the stream")
 
 

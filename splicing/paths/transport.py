@@ -17,7 +17,7 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from splicing.base import SpliceBase
+from splicing.base import FRAMER_PEEK, SpliceBase
 from splicing.endpoint import TLSMemoryBIOProtocol
 from splicing.result import Reason
 from splicing.takeover import isReading
@@ -58,6 +58,7 @@ class TransportSplice(SpliceBase):
         self._throttle = _Throttle(self)
         self._oldProducer = None
         self._kick = None
+        self._past = b""  # received past the maximum, more than the framer could judge yet
 
     def start(self):
         self._override("dataReceived", self._dataReceived)
@@ -70,7 +71,7 @@ class TransportSplice(SpliceBase):
             self._dst.unregisterProducer()
         self._dst.registerProducer(self._throttle, True)
         self._startIdle()
-        if self.max == 0:
+        if self.max == 0 and self.framer is None:
             self._kick = self.reactor.callLater(0, self._atMax)
 
     # -- interception of the source protocol
@@ -97,16 +98,32 @@ class TransportSplice(SpliceBase):
         return getattr(self._receiver, name)
 
     def _dataReceived(self, data):
-        past = b""
-        if self.max is not None:
-            room = self.max - self.length
-            data, past = data[:room], data[room:]
-        if data:
-            self._dst.write(data)
-            self.length += len(data)
-            self._touch()
-        if self.max is not None and self.length >= self.max and (past or self.framer is None):
-            self._atMax(past)  # with a framer and nothing past the max: wait for bytes
+        if self._past:
+            data, self._past = self._past + data, b""
+        while True:
+            past = b""
+            if self.max is not None:
+                room = self.max - self.length
+                data, past = data[:room], data[room:]
+            if data:
+                self._dst.write(data)
+                self.length += len(data)
+                self._touch()
+            if self.max is None or self.length < self.max:
+                return
+            if self.framer is None:
+                return self._atMax(past)
+            if not past:
+                return  # the framer needs what follows: wait for it
+            if not self._frame(past[:FRAMER_PEEK]):
+                self._past = past
+                return
+            data = past
+
+    def _atMax(self, past=b""):
+        """The maximum, and no framer to extend it: end; bytes past it go back."""
+        self._giveBack(past)
+        self._end(Reason.MAX)
 
     def _connectionLost(self, reason):
         original = self._original("connectionLost")
@@ -146,6 +163,8 @@ class TransportSplice(SpliceBase):
             self._leftover.append(data)
 
     def _dissolve(self):
+        self._giveBack(self._past)
+        self._past = b""
         if self._kick is not None and self._kick.active():
             self._kick.cancel()
         self._restoreAll()
@@ -162,8 +181,8 @@ class TransportSplice(SpliceBase):
             return
         data = b"".join(self._leftover)
         self._leftover = []
-        if self._sourcePaused():
-            self._deliverOnResume(data)
+        if self.result.reason is not Reason.EOF and self._sourcePaused():
+            self._deliverOnResume(data)  # (after EOF nothing will resume it: deliver now)
         else:
             self._receiver.dataReceived(data)
 
