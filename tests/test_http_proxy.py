@@ -226,7 +226,7 @@ async def test_large_upload_content_length_spliced(net):
 
 @pytest_twisted.ensureDeferred
 async def test_large_chunked_download_spliced(net):
-    """twisted.web streaming 1 MiB writes: sent chunked, spliced chunk by chunk."""
+    """twisted.web streaming 1 MiB writes: sent chunked, framing and data spliced."""
     count = 48
     origin = WebOrigin(net)
     proxy = Proxy(net, [origin])
@@ -235,8 +235,8 @@ async def test_large_chunked_download_spliced(net):
     assert headers.get("transfer-encoding") == "chunked"
     assert total == count * MiB and digest == sha(blob(MiB) * count)
     (s,) = await ended(proxy)
-    assert s["spliced_out"] >= 0.9 * count * MiB, s
-    assert s["copied"] <= 0.1 * count * MiB, s
+    assert s["spliced_out"] >= count * MiB - READ, s
+    assert s["copied"] <= 2 * READ, s  # the heads and what came with them: no framing
 
 
 @pytest_twisted.ensureDeferred
@@ -258,8 +258,8 @@ async def test_large_chunked_upload_spliced(net):
     status, headers, body = await harness.wait(in_thread(client), 30, "chunked upload")
     assert status == 200 and json.loads(body) == {"length": len(data), "sha": sha(data)}
     (s,) = await ended(proxy)
-    assert s["spliced_in"] >= 0.9 * len(data), s
-    assert s["copied"] <= 0.1 * len(data), s
+    assert s["spliced_in"] >= len(data) - READ, s
+    assert s["copied"] <= 2 * READ, s  # the heads and what came with them: no framing
 
 
 @pytest.mark.parametrize("sizes", [[], [1] * 2000, [MiB] * 6, [1, MiB, 1, 5, MiB - 1]],

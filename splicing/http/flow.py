@@ -6,13 +6,16 @@ L{HeadReader} and handed to its owner (the proxy), which decides what the
 message's body is; the flow then moves the body: bytes already in hand are
 written to the destination (copied), the rest is spliced with C{max} set to
 exactly what remains, so the kernel moves it and the source's next bytes (the
-next head, a chunk-size line) come back to user land.  Chunked bodies are
-spliced chunk by chunk.  Counters say how many bytes were spliced and how
+next head) come back to user land.  A chunked body is one splice: at each
+chunk's end its framer reads the next chunk-size line (peeked, in user land)
+and extends the splice over the line and the data it announces, so framing
+and data move alike.  Counters say how many bytes were spliced and how
 many copied, so logs and tests can prove bodies did not pass through Python.
 """
 
 from twisted.logger import Logger
 
+from splicing.base import Last
 from splicing.http.chunk import ChunkedReader
 from splicing.http.errors import HTTPError
 from splicing.http.head import HeadReader
@@ -61,7 +64,6 @@ class Flow:
         self._held = []
         self._out = []  # written before the destination existed
         self._feeding = False
-        self._chunkStart = 0  # the splice's length when the current chunk's data began
         self._framingError = None  # raised by the splice's framer, reported at its end
 
     # -- input
@@ -222,32 +224,47 @@ class Flow:
             elif kind == "need":
                 return event[1]
             elif kind == "end":
-                self._smallReads(False)
-                self.chunks = None
-                self.state = HEAD
+                self._chunkedEnd()
                 return event[1]
         return 0
 
+    def _chunkedEnd(self):
+        self._smallReads(False)
+        self.chunks = None
+        self.state = HEAD
+
     def _nextChunk(self, data):
         """
-        The splice's framer: the chunk's data has moved, C{data} follows it.
-        A framing error ends the splice; L{_spliceDone} reports it.
+        The splice's framer: the chunk's data has been read, C{data} (not
+        taken yet) follows it.  The reader checks every complete line in
+        C{data} (and any small chunks between them); the splice moves them
+        with the data of the last chunk begun.  A framing error ends the
+        splice where the bad line starts; L{_spliceDone} reports it.
         """
         c = self.chunks
-        if c.needed:  # else the framing came in pieces: this is a later one
+        if c.needed:  # the data announced last time was read
             c.skipped(c.needed)
-        self._chunkStart = self.splice.length
+        cut = data.rfind(b"\n") + 1
+        if not cut:
+            if len(data) <= c.maxLine:
+                return 0  # a line still incomplete: nothing changed, ask again
+            cut = len(data)  # the reader says what is wrong with it
         try:
-            return self._chunkFraming(data)
+            for event in c.feed(data[:cut]):
+                if event[0] == "need":
+                    return cut + event[1]
+                if event[0] == "end":
+                    self._chunkedEnd()
+                    return Last(cut - len(event[1]))
         except HTTPError as e:
             self._framingError = e
-            return b""
+            return Last(0)
+        return cut
 
     def _spliceBody(self, n, framer=None):
         """Splice the next C{n} body bytes (None: until EOF)."""
         if self.splice is not None or self.state == DONE:
             return
-        self._chunkStart = 0
         s = self.splice = splice(self.src, self.dst, max=n, backend=self.backend, framer=framer)
         s.done.addCallback(self._spliceDone)
 
@@ -260,8 +277,6 @@ class Flow:
         if error is not None:
             self.owner.flowError(self, error)
             return
-        if self.state == CHUNKED and result.length > self._chunkStart:
-            self.chunks.skipped(result.length - self._chunkStart)  # the reader's place in the chunk
         if result.reason is Reason.MAX:
             if self.state == LENGTH:
                 self.remaining = 0
