@@ -107,7 +107,6 @@ class SocketSplice(SpliceBase):
         self._kick = None
         mover = self._mover
         dst = self._dst
-        max = self.max
         moved = False
         drainBlocked = False
         for _ in range(ROUNDS):
@@ -142,7 +141,7 @@ class SocketSplice(SpliceBase):
                     progress = True
                 if mover.holding:
                     drainBlocked = True
-            if max is not None and self.length >= max and self.framer is None:
+            if self.max is not None and self.length >= self.max and self.framer is None:
                 return self._end(Reason.MAX)
             if not (self._head or mover.holding):
                 if self._stop is not None:
@@ -158,43 +157,10 @@ class SocketSplice(SpliceBase):
                 if not progress:
                     break
                 continue
-            if max is not None and self._received >= max and self.framer is not None:
-                framed = self._frameNext()
-                if framed is None:
-                    return  # ended
-                if framed:
-                    max = self.max
-                    progress = True
-                elif not progress:
-                    break
-                if self._tail or not framed:
-                    continue
-            limit = mover.space
-            if max is not None:
-                limit = min(limit, max - self._received)
-            if limit > 0:
-                try:
-                    n = mover.fill(limit)
-                except BlockingIOError:
-                    if mover.holding:
-                        self._fillBlocked = True  # a pipe can be full below its size
-                    else:
-                        self._dry = True
-                except OSError as e:
-                    return self._end(Reason.ERROR, e.errno, self._src)
-                else:
-                    if n is None:
-                        self._waitingForBuffer = True
-                        mover.whenAvailable(self._bufferAvailable)
-                    else:
-                        self._received += n
-                        progress = True
-                        if mover.eof:
-                            self._stop = Reason.EOF
-                        elif mover.crossed:
-                            self._stop = Reason.SHORT
-                        elif n < limit and n < SHORT_READ and not self._src.datagram:
-                            self._dry = True  # it took all there was: spare the EAGAIN call
+            read = self._read()
+            if read is None:
+                return  # ended
+            progress = progress or read
             if not progress:
                 break
             moved = True
@@ -204,6 +170,57 @@ class SocketSplice(SpliceBase):
             # EOF (or SHORT) seen in the last pass: no event would come for it
             return self._end(self._stop)
         self._interest(drainBlocked)
+
+    def _read(self):
+        """
+        Read the source into the mover, never past the maximum.  At the
+        maximum a framer may extend it, and the read goes on into the room
+        left: a framed stream is not flushed at every frame.  Whether
+        anything was read or framed; None if the splice ended.
+        """
+        mover = self._mover
+        progress = False
+        while True:
+            max = self.max
+            if max is not None and self._received >= max and self.framer is not None:
+                framed = self._frameNext()
+                if not framed:
+                    return None if framed is None else progress
+                progress = True
+                if self._tail:
+                    return progress  # what the framer took goes out first
+                max = self.max
+            limit = mover.space
+            if max is not None:
+                limit = min(limit, max - self._received)
+            if limit <= 0:
+                return progress
+            try:
+                n = mover.fill(limit)
+            except BlockingIOError:
+                if mover.holding:
+                    self._fillBlocked = True  # a pipe can be full below its size
+                else:
+                    self._dry = True
+                return progress
+            except OSError as e:
+                self._end(Reason.ERROR, e.errno, self._src)
+                return None
+            if n is None:
+                self._waitingForBuffer = True
+                mover.whenAvailable(self._bufferAvailable)
+                return progress
+            self._received += n
+            if mover.eof:
+                self._stop = Reason.EOF
+            elif mover.crossed:
+                self._stop = Reason.SHORT
+            elif n < limit:
+                if n < SHORT_READ and not self._src.datagram:
+                    self._dry = True  # it took all there was: spare the EAGAIN call
+            elif max is not None and self._received >= max and self.framer is not None:
+                continue  # at a frame's end with room left: frame and read on
+            return True
 
     def _frameNext(self):
         """
