@@ -54,6 +54,17 @@ def borrow(transport, reactor):
     return b
 
 
+def readWith(transport, reactor, read):
+    """
+    Have C{read()} handle C{transport}'s read events while no splice owns
+    them, in place of Twisted's C{doRead} (returning what it returns); None
+    gives them back to Twisted.  For a protocol that must not read past a
+    boundary, such as the end of an HTTP head: it peeks and takes exactly
+    what is its own, and the bytes behind stay in the socket for a splice.
+    """
+    borrow(transport, reactor).appRead = read
+
+
 def _dead():
     """The readiness handler of a transport whose connection is gone."""
 
@@ -62,7 +73,11 @@ def _dead():
 
 def _doRead(self):
     b = self.__dict__[_ATTR]
-    return b.reader.doRead() if b.reader is not None else b.cls.doRead(self)
+    if b.reader is not None:
+        return b.reader.doRead()
+    if b.appRead is not None:
+        return b.appRead()
+    return b.cls.doRead(self)
 
 
 def _doWrite(self):
@@ -118,6 +133,8 @@ class Borrowed:
     @ivar appReading: whether the application wants read events (what
         C{startReading}/C{stopReading} said while a splice owned reading).
     @ivar lost: set once the connection is being lost.
+    @ivar appRead: what handles read events while no splice owns them, in
+        place of Twisted's C{doRead} (see L{readWith}); None: Twisted's.
     """
 
     def __init__(self, transport, reactor):
@@ -128,6 +145,7 @@ class Borrowed:
         self.reader = None
         self.writer = None
         self.leftover = []
+        self.appRead = None
         self.lost = False
         self.readLost = False
         self.appReading = isReading(reactor, transport)

@@ -557,3 +557,30 @@ def test_random_bytes_only_raise_http_error(data, step):
             reader.feed(data[i:i + step])
     except HTTPError:
         pass
+
+
+# -- headLength: how much of a peek a socket reader takes -----------------------
+
+
+@pytest.mark.parametrize("fed, peeked, expected", [
+    (b"", b"GET / HTTP/1.1\r\nHost: a\r\n\r\nBODY", 27),  # through the empty line, not the body
+    (b"GET / HTTP/1.1\r\nHost: a\r\n\r", b"\nBODY", 1),  # the empty line began in an earlier read
+    (b"GET / HTTP/1.1\r\nHost: a\r\n", b"\r\nBODY", 2),
+    (b"GET / HTTP/1.1\r\nHost: a\r", b"\n\r\nBODY", 3),
+    (b"", b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\nX", 29),  # one tolerated empty line first
+])
+def test_head_length_takes_exactly_the_head(fed, peeked, expected):
+    r = HeadReader()
+    assert r.feed(fed) == (None, b"")
+    n = r.headLength(peeked)
+    assert n == expected
+    head, rest = r.feed(peeked[:n])
+    assert head is not None and rest == b""  # exactly the head: nothing of the body fed
+    assert head.endswith(b"\r\n\r\n")
+
+
+def test_head_length_without_an_end_takes_everything():
+    r = HeadReader()
+    data = b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 10
+    assert r.headLength(data) == len(data)
+    assert r.feed(data) == (None, b"")

@@ -13,6 +13,9 @@ and data move alike.  Counters say how many bytes were spliced and how
 many copied, so logs and tests can prove bodies did not pass through Python.
 """
 
+import socket
+
+from twisted.internet import main, tcp
 from twisted.logger import Logger
 
 from splicing.base import Last
@@ -21,11 +24,15 @@ from splicing.http.errors import HTTPError
 from splicing.http.head import HeadReader
 from splicing.result import Reason
 from splicing.splice import splice
+from splicing.takeover import readWith
 
 #: How much user land reads from the source between chunks: the framing line
 #: and a little data.  Twisted's 64 KiB reads would copy up to 64 KiB of each
 #: chunk through Python before its splice starts.
 FRAMING_READ = 4096
+
+#: How much of a socket source is peeked for the end of a head.
+HEAD_PEEK = 65536
 
 HEAD, LENGTH, CHUNKED, UNTIL_EOF, WAIT, DONE = (
     "head", "length", "chunked", "until-eof", "wait", "done",
@@ -54,7 +61,7 @@ class Flow:
         self.backend = backend
         self.reader = HeadReader(limit=headLimit, maxLines=maxLines)
         self.state = HEAD
-        self.src = None
+        self._src = None
         self.dst = None
         self.remaining = 0
         self.chunks = None
@@ -68,6 +75,44 @@ class Flow:
 
     # -- input
 
+    @property
+    def src(self):
+        return self._src
+
+    @src.setter
+    def src(self, transport):
+        """The source transport: a socket one is read by L{_readSource}."""
+        self._src = transport
+        if isinstance(transport, tcp.Connection) and self.backend != "transport":
+            from twisted.internet import reactor
+
+            readWith(transport, reactor, self._readSource)
+
+    def _readSource(self):
+        """
+        The source's read events while no splice runs.  Where a head is
+        expected the socket is peeked and exactly the head is taken, so the
+        body behind it stays in the socket for the splice: no body byte is
+        read into Python.  Returns what Twisted's C{doRead} would.
+        """
+        t = self._src
+        sock = t.socket
+        try:
+            if self.state == HEAD and not self._held:
+                data = sock.recv(HEAD_PEEK, socket.MSG_PEEK)
+                if data:
+                    data = sock.recv(self.reader.headLength(data))
+            else:
+                data = sock.recv(t.bufferSize)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        t.protocol.dataReceived(data)
+        return None
+
     def dataReceived(self, data):
         """Bytes from the source's protocol (never called while spliced)."""
         if self.state in (WAIT, DONE) or self._held:
@@ -78,7 +123,24 @@ class Flow:
             self._feed(data)
         finally:
             self._feeding = False
-        if self.state == UNTIL_EOF and self.dst is not None and not self._held:
+        self._bodyFromSocket()
+
+    def _bodyFromSocket(self):
+        """
+        A body (or its rest) is due and none of it is in hand: splice it
+        from the socket now; or, with no destination yet, stop reading
+        until there is one.
+        """
+        if self.splice is not None or self._held or self.state not in (LENGTH, CHUNKED, UNTIL_EOF):
+            return
+        if self.dst is None:
+            if self._src is not None:
+                self._src.pauseProducing()
+        elif self.state == LENGTH:
+            self._spliceBody(self.remaining)
+        elif self.state == CHUNKED:
+            self._spliceBody(0, self._nextChunk)
+        else:
             self._spliceBody(None)
 
     def _feed(self, data):
@@ -135,6 +197,8 @@ class Flow:
             self.src.resumeProducing()
         if held:
             self.dataReceived(held)
+        else:
+            self._bodyFromSocket()
 
     def wait(self):
         """Stop parsing until L{resume} (an upgrade waits for its response)."""

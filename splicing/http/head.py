@@ -418,6 +418,16 @@ class HeadReader:
         self._start = 0  # where the head starts (after one tolerated CRLF)
         self._lines = 0
 
+    def headLength(self, data):
+        """
+        How many bytes of C{data} (peeked, not fed yet) the current head
+        takes: through its empty line, or all of them.  A reader of a socket
+        takes that many, so the body behind the head stays in the socket.
+        """
+        tail = bytes(self._buf[-3:])  # the empty line may have begun already
+        end = (tail + data).find(b"\r\n\r\n")
+        return len(data) if end < 0 else end + 4 - len(tail)
+
     def feed(self, data):
         """C{(head, rest)} once the empty line is seen, else C{(None, b"")}."""
         buf = self._buf
