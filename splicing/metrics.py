@@ -1,6 +1,8 @@
 """
 Prometheus metrics (C{--metrics ENDPOINT}): sessions, bytes, errors and the
-kernel path's pipes, served by C{twisted.web} on any server endpoint.
+kernel path's pipes, served by C{twisted.web} on any server endpoint.  Every
+relay kind (TCP, HTTP, UDP) reports to the same families, told apart by
+their C{relay} label; the HTTP proxy adds its requests and responses.
 
 Each process has its own registry (not prometheus_client's global one), so
 several relays, or tests, can run in one process without clashing.
@@ -36,7 +38,13 @@ class _LiveCollector:
 
 
 class RelayMetrics:
-    """The relays' counters; a L{splicing.relay.RelayFactory} reports to it."""
+    """
+    The relays' counters: a L{splicing.relay.RelayFactory}, an
+    L{splicing.http.proxy.HTTPProxyFactory} and a
+    L{splicing.udp.UDPRelayService} report to it (the last two through a
+    L{Reporter}).  Everything is in C{registry}, so L{snapshot} and
+    L{combine} carry it from C{--workers}' workers to their master.
+    """
 
     def __init__(self, registry=None):
         self.registry = CollectorRegistry() if registry is None else registry
@@ -45,18 +53,35 @@ class RelayMetrics:
         self.bytes = Counter("splicing_bytes", "Bytes relayed", ["relay", "direction", "path"], registry=r)
         self.connectErrors = Counter("splicing_connect_errors", "Failed backend connects", ["relay", "target"], registry=r)
         self.refusedClients = Counter("splicing_refused", "Clients refused", ["relay", "reason"], registry=r)
+        self.httpRequests = Counter("splicing_http_requests", "HTTP requests accepted for a backend", ["relay"],
+                                    registry=r)
+        self.httpResponses = Counter("splicing_http_responses", "HTTP responses sent to clients, the proxy's own too",
+                                     ["relay", "code_class"], registry=r)
         self._live = _LiveCollector()
         r.register(self._live)
 
     def watch(self, relay, table):
-        """Report C{table}'s running and waiting sessions as C{relay}'s."""
+        """
+        Report C{table}'s running and waiting sessions as C{relay}'s:
+        anything with C{active} and C{waiting} collections (a
+        L{splicing.sessions.SessionTable}), read at each scrape.
+        """
         self._live.tables[relay] = table
 
     def sessionEnded(self, relay, stats):
-        self.sessions.labels(relay, stats["how"]).inc()
+        """A TCP relay's session ended: C{stats} as L{splicing.relay.RelayProtocol.statistics} gives them."""
         path = stats["path"] or "none"
-        self.bytes.labels(relay, "out", path).inc(stats["bytes_out"])
-        self.bytes.labels(relay, "in", path).inc(stats["bytes_in"])
+        self.ended(relay, stats["how"], [("out", path, stats["bytes_out"]), ("in", path, stats["bytes_in"])])
+
+    def ended(self, relay, how, traffic):
+        """
+        A session of any kind ended C{how}; C{traffic} is (direction, path,
+        bytes) for each way its bytes moved: direction "out" is client to
+        backend, "in" backend to client, as in the TCP relay's logs.
+        """
+        self.sessions.labels(relay, how).inc()
+        for direction, path, n in traffic:
+            self.bytes.labels(relay, direction, path).inc(n)
 
     def connectFailed(self, relay, target):
         self.connectErrors.labels(relay, target).inc()
@@ -64,10 +89,37 @@ class RelayMetrics:
     def refused(self, relay, reason):
         self.refusedClients.labels(relay, reason).inc()
 
+    def httpRequest(self, relay):
+        self.httpRequests.labels(relay).inc()
+
+    def httpResponse(self, relay, status):
+        """A response head went to a client: counted by class ("2xx"), as HAProxy does."""
+        self.httpResponses.labels(relay, "%dxx" % (status // 100)).inc()
+
     def snapshot(self):
         """Every sample now, as JSON-able data (a worker sends it to its master)."""
         return [[m.name, m.type, m.documentation, [[s.name, s.labels, s.value] for s in m.samples]]
                 for m in self.registry.collect()]
+
+
+class Reporter:
+    """
+    One relay's line to a L{RelayMetrics}, or to none: the relay reports
+    unconditionally, C{report("refused", "allow")}, and its name is added.
+
+    @param table: what L{RelayMetrics.watch} reads the relay's live
+        sessions from, or None.
+    """
+
+    def __init__(self, metrics, relay, table=None):
+        self.metrics = metrics
+        self.relay = relay
+        if metrics is not None and table is not None:
+            metrics.watch(relay, table)
+
+    def __call__(self, event, *args):
+        if self.metrics is not None:
+            getattr(self.metrics, event)(self.relay, *args)
 
 
 def combine(snapshots, kinds=None):
@@ -143,4 +195,4 @@ class MetricsService(ListeningService):
         self.metrics = metrics
 
 
-__all__ = ["RelayMetrics", "WorkerMetrics", "MetricsService", "combine"]
+__all__ = ["RelayMetrics", "Reporter", "WorkerMetrics", "MetricsService", "combine"]
