@@ -16,11 +16,13 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from splicing.access import AllowList
+from splicing.access import AllowList, formatAddress
+from splicing.balance import BalancedEndpoint
 from splicing.endpoint import noDelay
 from splicing.http.errors import HTTPError
 from splicing.http.flow import CHUNKED, DONE, HEAD, LENGTH, UNTIL_EOF, Flow
 from splicing.http.head import errorResponse, parseRequestHead, parseResponseHead
+from splicing.metrics import Reporter
 from splicing.sessions import SessionTable
 
 
@@ -81,6 +83,7 @@ class HTTPProxyProtocol(Protocol):
         self.ended = False
         self.started = f.reactor.seconds()
         self.count = 0
+        self.ownBytes = 0  # the proxy's own error responses, for the metrics
         self.logs = []
         self.context = f.newContext(self.transport)
         self._headTimer = f.reactor.callLater(f.headerTimeout, self._headerTimeout)
@@ -169,6 +172,7 @@ class HTTPProxyProtocol(Protocol):
             self._headTimer.cancel()
         self._headTimer = None
         self.count += 1
+        f.report("httpRequest")
         self.pending.append(head)
         if self.backend is None and not self.connecting:
             self._connect(head, verdict.forward if verdict is not None else None)
@@ -195,6 +199,7 @@ class HTTPProxyProtocol(Protocol):
         self.filterResponse(request, response)
         self._cancelBackendTimer()
         self.responses.write(response.serialize())
+        self.factory.report("httpResponse", response.status)
         if 100 <= response.status < 200 and response.status != 101:
             return  # an interim response: the final one follows
         tunnel = (response.status == 101 and request.upgrade) or (
@@ -258,7 +263,7 @@ class HTTPProxyProtocol(Protocol):
         self.connecting = True
         endpoint = self.chooseEndpoint(head, group)
         d = endpoint.connect(Factory.forProtocol(_BackendProtocol))
-        d.addCallbacks(self._backendConnected, self._backendFailed)
+        d.addCallbacks(self._backendConnected, self._backendFailed, errbackArgs=(endpoint,))
 
     def _backendConnected(self, backend):
         self.connecting = False
@@ -275,9 +280,11 @@ class HTTPProxyProtocol(Protocol):
         except HTTPError as e:
             self.fail(e)
 
-    def _backendFailed(self, reason):
+    def _backendFailed(self, reason, endpoint):
         self.connecting = False
         self.log.warn("backend connect failed: {error}", error=reason.getErrorMessage())
+        if not isinstance(endpoint, BalancedEndpoint):  # a balancer counted each target it tried
+            self.factory.report("connectFailed", getattr(endpoint, "description", repr(endpoint)))
         self._sendError(HTTPError(502, "the backend is unreachable"))
 
     def backendInvalid(self, error):
@@ -308,12 +315,27 @@ class HTTPProxyProtocol(Protocol):
         if self.pending:
             self._sendError(HTTPError(504, "the backend did not answer in time"))
 
+    @staticmethod
+    def _spliced(flow):
+        """Body bytes C{flow}'s splices moved, the running one's so far too."""
+        return flow.spliced + (flow.splice.length if flow.splice is not None else 0)
+
     def _moved(self):
         """Bytes moved so far, both ways, copied or spliced."""
-        n = 0
-        for flow in (self.requests, self.responses):
-            n += flow.spliced + flow.copied + (flow.splice.length if flow.splice is not None else 0)
-        return n
+        return sum(self._spliced(flow) + flow.copied for flow in (self.requests, self.responses))
+
+    def traffic(self):
+        """
+        The metrics' (direction, path, bytes): "out" is the requests (client
+        to backend, as in the TCP relay), "in" the responses, the proxy's own
+        error pages among them; path "splice" for spliced bodies, "copy" for
+        what user land wrote (heads, framing, body bytes read with a head).
+        A session may end with a splice running (an idle abort): its bytes
+        so far count.
+        """
+        requests, responses = self.requests, self.responses
+        return [("out", "splice", self._spliced(requests)), ("out", "copy", requests.copied),
+                ("in", "splice", self._spliced(responses)), ("in", "copy", responses.copied + self.ownBytes)]
 
     def _idleCheck(self):
         """
@@ -372,7 +394,10 @@ class HTTPProxyProtocol(Protocol):
         self.logs.append("%d %s" % (error.status, error.reason))
         if self.factory.returnError or not getattr(error, "byRule", False):
             # relayd: a rule's block is a silent close unless "return error"
-            self.transport.write(errorResponse(error.status, error.reason, close=True))
+            response = errorResponse(error.status, error.reason, close=True)
+            self.ownBytes += len(response)
+            self.factory.report("httpResponse", error.status)
+            self.transport.write(response)
         self.close("error-%d" % error.status)
 
     def close(self, how, abort=False):
@@ -396,6 +421,7 @@ class HTTPProxyProtocol(Protocol):
         self.ended = True
         self.factory.table.release(self)
         self._cancelTimers()
+        self.factory.report("ended", how, self.traffic())
         peer = self.transport.getPeer()
         self.sessionEnded(
             {
@@ -422,9 +448,12 @@ class HTTPProxyFactory(Factory):
     @param rules: a L{splicing.http.rules.RuleSet} or None.
     @param idle: seconds without a byte either way before a session ends
         (0: never); a request body stalled that long gets 408.
+    @param name: the relay's name in logs and metrics.
+    @param metrics: a L{splicing.metrics.RelayMetrics}, or None.
     """
 
     protocol = HTTPProxyProtocol
+    log = Logger()
 
     def __init__(
         self,
@@ -444,6 +473,7 @@ class HTTPProxyFactory(Factory):
         maxSessions=0,
         name="http",
         reactor=None,
+        metrics=None,
     ):
         if reactor is None:
             from twisted.internet import reactor
@@ -465,11 +495,23 @@ class HTTPProxyFactory(Factory):
         self.allow = allow if isinstance(allow, AllowList) else AllowList(allow)
         self.table = SessionTable(maxSessions)
         self.name = name
+        self.report = Reporter(metrics, name, self.table)
+        for group in self.groups.values():
+            for endpoint in group:
+                if isinstance(endpoint, BalancedEndpoint):
+                    endpoint.balancer.onFailure = self._targetFailed
         self._next = {}
+
+    def _targetFailed(self, target, failure):
+        """A balancer's attempt failed (it may go on with the next target): counted per target, as TCP's."""
+        self.report("connectFailed", target.name)
 
     def admit(self, protocol):
         """Start C{protocol}'s session now or when a slot frees; refuse disallowed clients."""
-        if not self.allow.allows(protocol.transport.getPeer()):
+        peer = protocol.transport.getPeer()
+        if not self.allow.allows(peer):
+            self.log.warn("refused {client}: not in --allow", client=formatAddress(peer), relay=self.name)
+            self.report("refused", "allow")
             protocol.ended = True
             protocol.transport.abortConnection()
             return
