@@ -295,6 +295,8 @@ class Options(usage.Options):
 class _DemoEndpoint:
     """Connects to the demo origin, whose port is known only once it started."""
 
+    description = "demo-origin"  # the target's name in metrics, as the TCP relay's
+
     def __init__(self, reactor, origin):
         self.reactor = reactor
         self.origin = origin
@@ -379,6 +381,7 @@ def _httpService(name, options, metrics, reactor):
         allow=options["allow"],
         maxSessions=options["max-sessions"],
         name=name,
+        metrics=metrics,
         reactor=reactor,
     )
     return _relayService(options, factory, origin, "curl http://{host}:{port}/", reactor)
@@ -388,7 +391,7 @@ def _udpService(name, options, metrics, reactor):
     from splicing.udp import UDPRelayService
 
     return UDPRelayService(options["listen"], options["connect"], idle=options["idle"],
-                           maxSessions=options["max-sessions"], reactor=reactor)
+                           maxSessions=options["max-sessions"], reactor=reactor, name=name, metrics=metrics)
 
 
 #: The relay kinds: subcommand (and config "type") -> (usage.Options class,

@@ -22,6 +22,7 @@ from twisted.application import service
 from twisted.internet import abstract, defer, protocol
 from twisted.logger import Logger
 
+from splicing.metrics import Reporter
 from splicing.udpsession import ReusePort, Session
 
 __all__ = ["UDPRelayService", "parseUDPListen", "parseUDPConnect"]
@@ -169,11 +170,15 @@ class UDPRelayService(service.Service):
     refused in user land), C{userland} (datagrams forwarded outside the
     splices), C{datagramsOut}/C{bytesOut} (clients to backend, "out" as in
     the TCP relay's logs) and C{datagramsIn}/C{bytesIn} (backend to clients).
+
+    With C{metrics} (a L{splicing.metrics.RelayMetrics}) it reports as
+    C{relay=name}: each session's end and bytes, and the sessions running.
     """
 
     log = Logger()
 
-    def __init__(self, listen, connect, idle=60.0, maxSessions=10000, reactor=None, socketBuffer=None):
+    def __init__(self, listen, connect, idle=60.0, maxSessions=10000, reactor=None, socketBuffer=None,
+                 name="udp", metrics=None):
         self.listenAt = parseUDPListen(listen)
         self.connectTo = parseUDPConnect(connect)
         if idle is None or not idle > 0:
@@ -193,6 +198,7 @@ class UDPRelayService(service.Service):
         self.dropped = 0
         self.lost = 0
         self._ended = {"datagramsIn": 0, "bytesIn": 0, "datagramsOut": 0, "bytesOut": 0, "userland": 0}
+        self.report = Reporter(metrics, name, self)
 
     @property
     def reactor(self):
@@ -290,8 +296,14 @@ class UDPRelayService(service.Service):
         e["datagramsOut"] += session.datagramsOut
         e["bytesOut"] += session.bytesOut
         e["userland"] += session.userland
+        self.report("ended", session.how, session.traffic())
 
     # -- counters
+
+    #: For L{splicing.metrics.RelayMetrics.watch}: the sessions running;
+    #: none ever waits (a new client over the cap is dropped).
+    active = property(lambda self: self._sessions)
+    waiting = ()
 
     @property
     def sessions(self):

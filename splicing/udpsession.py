@@ -232,6 +232,17 @@ class Session:
     def userland(self):
         return self._userOut[0] + self._userIn[0]
 
+    def traffic(self):
+        """
+        The metrics' (direction, path, bytes): what each splice moved under
+        its path, what was forwarded here under "copy".
+        """
+        moved = [("out", "copy", self._userOut[1]), ("in", "copy", self._userIn[1])]
+        for direction, s in (("out", self.up), ("in", self.down)):
+            if s is not None:
+                moved.append((direction, s.backend, s.length))
+        return moved
+
     # -- the end
 
     def end(self, how, error=0):
