@@ -31,8 +31,6 @@ from splicing.takeover import readWith
 #: chunk through Python before its splice starts.
 FRAMING_READ = 4096
 
-#: How much of a socket source is peeked for the end of a head.
-HEAD_PEEK = 65536
 
 HEAD, LENGTH, CHUNKED, UNTIL_EOF, WAIT, DONE = (
     "head", "length", "chunked", "until-eof", "wait", "done",
@@ -99,7 +97,8 @@ class Flow:
         sock = t.socket
         try:
             if self.state == HEAD and not self._held:
-                data = sock.recv(HEAD_PEEK, socket.MSG_PEEK)
+                r = self.reader  # a peek needs no more than the longest head allowed, and one byte
+                data = sock.recv(r.limit + 3 - r.buffered, socket.MSG_PEEK)
                 if data:
                     data = sock.recv(self.reader.headLength(data))
             else:
