@@ -80,11 +80,16 @@ class Flow:
     @src.setter
     def src(self, transport):
         """The source transport: a socket one is read by L{_readSource}."""
-        self._src = transport
-        if isinstance(transport, tcp.Connection) and self.backend != "transport":
-            from twisted.internet import reactor
+        from twisted.internet import reactor
 
+        old, self._src = self._src, transport
+        if old is not None and old is not transport and self._peeks(old):
+            readWith(old, reactor, None)  # a backend left behind reads as Twisted does
+        if self._peeks(transport):
             readWith(transport, reactor, self._readSource)
+
+    def _peeks(self, transport):
+        return isinstance(transport, tcp.Connection) and self.backend != "transport"
 
     def _readSource(self):
         """
