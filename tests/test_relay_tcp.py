@@ -2,7 +2,8 @@
 The TCP relay in real twistd processes: one started from the command line
 (integrity, half-close, metrics) and one from a config file holding a relay
 per feature (IPv4/IPv6 mixing, failover, PROXY headers, --allow,
---max-sessions, idle and half-close timeouts, TLS termination, --no-splice).
+--max-sessions, idle and half-close timeouts, TLS termination, --no-splice)
+and a metrics endpoint that HTTP relays of the same file report to.
 Clients and backends are blocking sockets on 127.0.0.1 and ::1 in this
 process; every byte is checked with SHA-256 and against the session's log.
 """
@@ -112,6 +113,8 @@ def cli(tmp_path_factory, backends):
 
 
 CONFIG = """\
+metrics = "tcp:0:interface=127.0.0.1"
+
 [relay.v4to6]
 listen = "tcp:0:interface=127.0.0.1"
 connect = "{hash6}"
@@ -186,6 +189,15 @@ connect = "{unix}"
 listen = "tcp:0:interface=127.0.0.1"
 connect = "{hash4}"
 no-splice = true
+
+[relay.web]
+type = "http"
+listen = "tcp:0:interface=127.0.0.1"
+
+[relay.webdown]
+type = "http"
+listen = "tcp:0:interface=127.0.0.1"
+connect = "tcp:host=127.0.0.1:port={down}"
 """
 
 
@@ -431,14 +443,71 @@ def test_unix_sockets_both_sides(many, backends):
     assert found[-1] == (str(len(data)), str(65 + (1 << 20)))
 
 
+def scrape(where):
+    """{(sample name, ((label, value), ...)): value} of a metrics endpoint."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen("http://%s:%d/metrics" % where, timeout=procs.TIMEOUT).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
 def test_metrics(cli):
     relay, ports, metrics = cli
     digest, _, name = exchange(ports[0], b"count me")
-    wait_session(relay, name)
-    text = urllib.request.urlopen("http://%s:%d/metrics" % metrics, timeout=procs.TIMEOUT).read().decode()
-    assert 'splicing_sessions_total{how="eof",relay="tcp"}' in text
-    assert 'splicing_bytes_total{direction="out"' in text
-    assert "splicing_pipes_in_use" in text and "splicing_sessions_active" in text
+    out, back, path, how = wait_session(relay, name)
+    samples = scrape(metrics)
+    assert samples[("splicing_sessions_total", (("how", "eof"), ("relay", "tcp")))] >= 1
+    assert samples[("splicing_bytes_total", (("direction", "out"), ("path", path), ("relay", "tcp")))] >= out
+    assert ("splicing_pipes_in_use", ()) in samples and ("splicing_sessions_active", (("relay", "tcp"),)) in samples
+
+
+def http_exchange(where, request):
+    """One request the proxy closes after: everything it answered, and the status."""
+    with connect(where) as s:
+        s.sendall(request)
+        answer = recv_all(s)
+    return answer, int(answer.split(b" ", 2)[1])
+
+
+def test_metrics_of_http_relays_in_a_config_file(many):
+    """
+    The file's top-level metrics endpoint counts its HTTP relays' sessions,
+    requests, responses by class (the origin's 405, the proxy's 400 and
+    502), bytes to the clients exactly, and the dead backend's connect.
+    """
+    relay, ports = many
+    metrics = procs.address(relay.wait_for(r"metrics http listening on (\S+)")[0])
+    close = b"Host: x\r\nConnection: close\r\n\r\n"
+    got = [http_exchange(ports["web"], b"GET / HTTP/1.1\r\n" + close),
+           http_exchange(ports["web"], b"POST / HTTP/1.1\r\nContent-Length: 0\r\n" + close),
+           http_exchange(ports["web"], b"NOT HTTP\r\n\r\n")]
+    assert [status for _, status in got] == [200, 405, 400]
+    down, status = http_exchange(ports["webdown"], b"GET / HTTP/1.1\r\n" + close)
+    assert status == 502
+    relay.wait_for(r"http session ended: ", 4)
+    samples = scrape(metrics)
+
+    def of(name, relay_name, **labels):
+        return {k: v for k, v in samples.items() if k[0] == name and ("relay", relay_name) in k[1]
+                and set(labels.items()) <= set(k[1])}
+
+    assert of("splicing_sessions_total", "web") == {
+        ("splicing_sessions_total", (("how", "close"), ("relay", "web"))): 2,
+        ("splicing_sessions_total", (("how", "error-400"), ("relay", "web"))): 1}
+    assert list(of("splicing_sessions_total", "webdown").values()) == [1]
+    assert sum(of("splicing_bytes_total", "web", direction="in").values()) == sum(len(a) for a, _ in got)
+    assert sum(of("splicing_bytes_total", "webdown", direction="in").values()) == len(down)
+    assert samples[("splicing_http_requests_total", (("relay", "web"),))] == 2
+    assert {k[1]: v for k, v in of("splicing_http_responses_total", "web").items()} == {
+        (("code_class", "2xx"), ("relay", "web")): 1, (("code_class", "4xx"), ("relay", "web")): 2}
+    assert list(of("splicing_http_responses_total", "webdown", code_class="5xx").values()) == [1]
+    (target,) = [dict(k[1])["target"] for k in of("splicing_connect_errors_total", "webdown")]
+    assert samples[("splicing_connect_errors_total", (("relay", "webdown"), ("target", target)))] == 1
+    assert target.startswith("tcp:host=127.0.0.1:port=")
+    assert samples[("splicing_sessions_active", (("relay", "web"),))] == 0
+    for name in ("webdown", "cap", "v4to6"):  # every relay of the file has its gauges
+        assert ("splicing_sessions_waiting", (("relay", name),)) in samples
 
 
 def test_no_errors_logged(cli, many):
