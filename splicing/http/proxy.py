@@ -329,7 +329,8 @@ class HTTPProxyProtocol(Protocol):
         The metrics' (direction, path, bytes): "out" is the requests (client
         to backend, as in the TCP relay), "in" the responses, the proxy's own
         error pages among them; path "splice" for spliced bodies, "copy" for
-        what user land wrote (heads, framing, body bytes read with a head).
+        what user land wrote (heads; on a transport that is not a socket,
+        body bytes read together with a head).
         A session may end with a splice running (an idle abort): its bytes
         so far count.
         """
