@@ -86,6 +86,18 @@ def _connectedTCP(t):
     return bool(t.connected) and not t.disconnected and not t.disconnecting
 
 
+def shutWrite(transport):
+    """
+    Half-close C{transport}: no more bytes from us.  TLS has no half-close
+    (Twisted would shut the TCP connection under the TLS session): a TLS
+    transport is closed once its buffer is flushed.
+    """
+    if describe(transport).tls:
+        transport.loseConnection()
+    else:
+        transport.loseWriteConnection()
+
+
 def describe(transport):
     """
     Describe C{transport} for the splice checks.  Never raises.

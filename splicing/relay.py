@@ -22,7 +22,7 @@ from splicing.accepting import exhaustionErrno
 from splicing.access import AllowList, formatAddress
 from splicing.balance import Balancer, Target
 from splicing.fallback import CopyDirection, spliceOrCopy
-from splicing.endpoint import describe, noDelay
+from splicing.endpoint import noDelay, shutWrite
 from splicing.errors import SpliceError
 from splicing.result import Reason
 from splicing.sessions import SessionTable
@@ -232,10 +232,7 @@ class RelayProtocol(Protocol):
                 self._later("error", 0, self._errorEnd, name, result.reason.name.lower())
             return
         if drain.connected and not drain.disconnecting:
-            if describe(drain).tls:
-                drain.loseConnection()  # TLS has no half-close: close after flushing
-            else:
-                drain.loseWriteConnection()
+            shutWrite(drain)
         self.splices.setdefault(name, None)
         if self._bothDone():
             self._close("eof")

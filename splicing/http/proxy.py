@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from splicing.access import AllowList, formatAddress
 from splicing.balance import BalancedEndpoint
-from splicing.endpoint import noDelay
+from splicing.endpoint import noDelay, shutWrite
 from splicing.http.errors import HTTPError
 from splicing.http.flow import CHUNKED, DONE, HEAD, LENGTH, UNTIL_EOF, Flow
 from splicing.http.head import errorResponse, parseRequestHead, parseResponseHead
@@ -243,7 +243,7 @@ class HTTPProxyProtocol(Protocol):
     def sourceEnded(self, flow):
         if flow is self.requests:  # the client's half-close inside a tunnel
             if self.backend is not None:
-                self.backend.transport.loseWriteConnection()
+                shutWrite(self.backend.transport)
         elif flow.state != DONE:
             self.close("backend-eof")
 
@@ -382,7 +382,7 @@ class HTTPProxyProtocol(Protocol):
             # its head went out, its body is broken: no answer will come for it
             self.pending.pop()
             if self.backend is not None:
-                self.backend.transport.loseWriteConnection()
+                shutWrite(self.backend.transport)
         if self.pending:
             self.pendingError = error
         else:
