@@ -25,6 +25,18 @@ from splicing.takeover import isReading
 _MISSING = object()
 
 
+def _producerOf(transport):
+    """
+    The producer registered with C{transport}.  A TLS transport keeps it
+    wrapped in its own C{_producer} (its C{producer} attribute is the one
+    of the TCP transport under it: the wrapper).
+    """
+    if TLSMemoryBIOProtocol and isinstance(transport, TLSMemoryBIOProtocol):
+        membrane = transport._producer
+        return None if membrane is None else membrane._producer
+    return getattr(transport, "producer", None)
+
+
 @implementer(IPushProducer)
 class _Throttle:
     """Registered with the drain: passes its flow control to the source."""
@@ -65,7 +77,7 @@ class TransportSplice(SpliceBase):
         self._override("connectionLost", self._connectionLost)
         if hasattr(self._receiver, "readConnectionLost"):
             self._override("readConnectionLost", self._readConnectionLost)
-        old = getattr(self._dst, "producer", None)
+        old = _producerOf(self._dst)
         if old is not None:
             self._oldProducer = (old, getattr(self._dst, "streamingProducer", True))
             self._dst.unregisterProducer()
@@ -168,7 +180,7 @@ class TransportSplice(SpliceBase):
         if self._kick is not None and self._kick.active():
             self._kick.cancel()
         self._restoreAll()
-        if getattr(self._dst, "producer", None) is self._throttle:
+        if _producerOf(self._dst) is self._throttle:
             self._dst.unregisterProducer()
         if self._oldProducer is not None:
             self._dst.registerProducer(*self._oldProducer)
