@@ -18,16 +18,27 @@ from splicing.result import Reason, SpliceResult
 from splicing.splice import splice
 
 
+def spliceOn(source, drain, path, **kw):
+    """A splice on C{path}; a forced socket path gives way to the transport path for TLS."""
+    try:
+        return splice(source, drain, backend=path, **kw)
+    except SpliceError as e:
+        forced = path not in ("auto", "transport")
+        if e.errno not in (errno.EOPNOTSUPP, errno.ENOTSOCK) or not forced or not (
+            describe(source).tls or describe(drain).tls
+        ):
+            raise
+        return splice(source, drain, backend="transport", **kw)
+
+
 def spliceOrCopy(source, drain, path):
     """A splice of C{source} into C{drain} on C{path} (or a fallback), or raise L{SpliceError}."""
     try:
-        return splice(source, drain, backend=path)
+        return spliceOn(source, drain, path)
     except SpliceError as e:
         if e.errno == errno.EPROTONOSUPPORT:
             return CopyDirection(source, drain)
-        if e.errno != errno.EOPNOTSUPP or path == "auto" or not (describe(source).tls or describe(drain).tls):
-            raise
-        return splice(source, drain, backend="transport")
+        raise
 
 
 class CopyDirection:

@@ -23,7 +23,7 @@ from splicing.http.chunk import ChunkedReader
 from splicing.http.errors import HTTPError
 from splicing.http.head import HeadReader
 from splicing.result import Reason
-from splicing.splice import splice
+from splicing.fallback import spliceOn
 from splicing.takeover import readWith
 
 #: How much user land reads from the source between chunks: the framing line
@@ -333,7 +333,7 @@ class Flow:
         """Splice the next C{n} body bytes (None: until EOF)."""
         if self.splice is not None or self.state == DONE:
             return
-        s = self.splice = splice(self.src, self.dst, max=n, backend=self.backend, framer=framer)
+        s = self.splice = spliceOn(self.src, self.dst, self.backend, max=n, framer=framer)
         s.done.addCallback(self._spliceDone)
 
     def _spliceDone(self, result):
