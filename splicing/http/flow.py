@@ -172,6 +172,8 @@ class Flow:
             self._hold(data)
 
     def _hold(self, data):
+        if self.state == DONE:
+            return  # closing: dropped, and reading goes on (a TLS shutdown must read)
         if data:
             self._held.append(data)
             if self.src is not None:
@@ -219,11 +221,18 @@ class Flow:
             t.__dict__.pop("bufferSize", None)
 
     def stop(self):
-        """No more messages: hold whatever comes."""
+        """
+        No more messages: whatever comes is dropped, and the source is read
+        on (a TLS shutdown reads the peer's close; a client still sending
+        a body gets no reset before it has read its answer).
+        """
         self._smallReads(False)
         self.state = DONE
+        self._held = []
         if self.splice is not None and self.splice.result is None:
             self.splice.unsplice()
+        if self._src is not None:
+            self._src.resumeProducing()
 
     # -- output
 
