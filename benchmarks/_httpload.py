@@ -7,11 +7,13 @@ in its own process.
         Listen on 127.0.0.1 (free port), print C{PORT <n>}; a thread per
         connection, keep-alive.  C{GET /dl/N} sends N body bytes from a
         preallocated 1 MiB buffer with Content-Length, C{GET /dl/N?chunked}
-        as 1 MiB chunks (close-delimited to an HTTP/1.0 request, which cannot
+        as 1 MiB chunks, C{?chunked=K} as chunks of K bytes (at most 1 MiB;
+        close-delimited to an HTTP/1.0 request, which cannot
         take chunked); C{POST /ul} counts the body (Content-Length or chunked)
         and answers C{{"bytes": n}}; C{GET /small} answers 1 KiB.
 
-    python -m benchmarks._httpload client dl|ul|small --port P [--bytes N] [--chunked] [--seconds S]
+    python -m benchmarks._httpload client dl|ul|small --port P [--bytes N] [--chunked [--chunk-size K]]
+                                                           [--seconds S]
         One run; prints one JSON line (bytes, secs, requests, error).
 
     python -m benchmarks._httpload proxy --listen P --connect R
@@ -128,21 +130,29 @@ class Reader:
         return 0
 
 
-def send_body(sock, n, chunked, view):
-    """n bytes from the 1 MiB ``view``: raw, or as 1 MiB chunks."""
+def send_body(sock, n, chunk, view):
+    """n bytes from the 1 MiB ``view``: raw (``chunk`` 0), or as chunks of ``chunk`` bytes."""
     left = n
     while left:
-        k = min(left, CHUNK)
-        if chunked:
+        k = min(left, chunk or CHUNK)
+        if chunk:
             sock.sendmsg([b"%x\r\n" % k, view[:k], b"\r\n"])
         else:
             sock.sendall(view[:k])
         left -= k
-    if chunked:
+    if chunk:
         sock.sendall(b"0\r\n\r\n")
 
 
 # -- origin ------------------------------------------------------------------
+
+
+def chunkSize(query):
+    """The chunk size a download asks for: 0 (Content-Length), 1 MiB for ``chunked``, K for ``chunked=K``."""
+    name, _, value = query.partition("=")
+    if name != "chunked":
+        return 0
+    return min(int(value), CHUNK) if value else CHUNK
 
 
 def _serve(conn, view):
@@ -164,18 +174,18 @@ def _serve(conn, view):
             elif target.startswith("/dl/"):
                 path, _, query = target.partition("?")
                 n = int(path[4:])
-                chunked = query == "chunked"
-                if chunked and version == "HTTP/1.0":
+                chunk = chunkSize(query)
+                if chunk and version == "HTTP/1.0":
                     conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n")
-                    send_body(conn, n, False, view)
+                    send_body(conn, n, 0, view)
                     return
-                if chunked:
+                if chunk:
                     conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n%s\r\n"
                                  % (b"Connection: close\r\n" if close else b""))
                 else:
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n"
                                  % (n, b"Connection: close\r\n" if close else b""))
-                send_body(conn, n, chunked, view)
+                send_body(conn, n, chunk, view)
             else:
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s"
                              % (len(SMALL), b"Connection: close\r\n" if close else b"", SMALL))
@@ -213,7 +223,7 @@ def client(args):
     try:
         if args.what == "dl":
             s.sendall(b"GET /dl/%d%s HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
-                      % (args.bytes, b"?chunked" if args.chunked else b""))
+                      % (args.bytes, b"?chunked=%d" % args.chunk_size if args.chunked else b""))
             start, headers = r.head()
             if " 200 " not in start + " ":
                 raise ValueError("status %r" % start)
@@ -223,7 +233,7 @@ def client(args):
             view = memoryview(bytearray(b"u" * CHUNK))
             framing = (b"Transfer-Encoding: chunked" if args.chunked else b"Content-Length: %d" % args.bytes)
             s.sendall(b"POST /ul HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n%s\r\n\r\n" % framing)
-            send_body(s, args.bytes, args.chunked, view)
+            send_body(s, args.bytes, args.chunk_size if args.chunked else 0, view)
             start, headers = r.head()
             body = bytes(r.buf[:int(headers.get("content-length", "0"))]) if "content-length" in headers else b""
             while len(body) < int(headers.get("content-length", "0")):
@@ -294,12 +304,15 @@ def main(argv=None):
     c.add_argument("--port", type=int, required=True)
     c.add_argument("--bytes", type=int, default=CHUNK)
     c.add_argument("--chunked", action="store_true")
+    c.add_argument("--chunk-size", type=int, default=CHUNK, help="bytes per chunk (1 MiB, at most 1 MiB)")
     c.add_argument("--seconds", type=float, default=3.0)
     for name in ("proxy", "reverseproxy"):
         x = sub.add_parser(name)
         x.add_argument("--listen", type=int, required=True)
         x.add_argument("--connect", type=int, required=True)
     args = p.parse_args(argv)
+    if args.cmd == "client" and not 0 < args.chunk_size <= CHUNK:
+        p.error("--chunk-size must be from 1 to %d, not %d" % (CHUNK, args.chunk_size))
     if args.cmd == "origin":
         origin()
     elif args.cmd == "client":

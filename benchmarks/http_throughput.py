@@ -2,12 +2,14 @@
 HTTP body throughput through the HTTP-filtering proxy, against references.
 
     python -m benchmarks.http_throughput [--size-mib 1024] [--repeat 2] [--small-seconds 3]
+                                         [--chunk-kib 1024]
                                          [--relays direct,http-proxy,tcp-relay,reverse-proxy]
 
 A raw-socket origin process (L{benchmarks._httpload}) serves a body from a
-preallocated 1 MiB buffer, with Content-Length or as 1 MiB chunks, and counts
-uploads; a raw-socket client process downloads (C{recv_into}, counting) or
-uploads one body per run.  Paths compared, each relay in its own process:
+preallocated 1 MiB buffer, with Content-Length or as 1 MiB chunks (or
+C{--chunk-kib} chunks, to see the cost per chunk), and counts uploads; a
+raw-socket client process downloads (C{recv_into}, counting) or uploads one
+body per run.  Paths compared, each relay in its own process:
 
   - C{direct}: no relay (the load's own ceiling);
   - C{http-proxy}: L{splicing.http.proxy.HTTPProxyFactory} (heads parsed,
@@ -51,9 +53,14 @@ THROUGHPUT_VS_TCP = 0.9
 UNSUPPORTED = {("reverse-proxy", ("ul", True))}
 
 
-def case_name(case):
+#: Bytes per chunk of the chunked cases unless C{--chunk-kib} says otherwise.
+CHUNK = 1 << 20
+
+
+def case_name(case, chunk=CHUNK):
     what, chunked = case
-    return "%s %s" % ("download" if what == "dl" else "upload", "chunked 1MiB" if chunked else "Content-Length")
+    size = "%dMiB" % (chunk >> 20) if not chunk % (1 << 20) else "%dKiB" % (chunk >> 10)
+    return "%s %s" % ("download" if what == "dl" else "upload", "chunked " + size if chunked else "Content-Length")
 
 
 class Origin:
@@ -115,9 +122,10 @@ class Relay:
             return ""
 
 
-def run_client(relay, what, nbytes=0, chunked=False, seconds=0.0, timeout=120):
+def run_client(relay, what, nbytes=0, chunked=False, seconds=0.0, timeout=120, chunk=CHUNK):
     cmd = [PY, "-m", "benchmarks._httpload", "client", what, "--port", str(relay.port),
-           "--bytes", str(nbytes), "--seconds", str(seconds)] + (["--chunked"] if chunked else [])
+           "--bytes", str(nbytes), "--seconds", str(seconds)] + (
+               ["--chunked", "--chunk-size", str(chunk)] if chunked else [])
     if relay.proc is not None and relay.proc.poll() is not None:
         raise BenchError("%s has exited (%s)\n%s" % (relay.name, relay.proc.returncode, relay.tail()))
     cpu0 = relay.cpu()
@@ -145,9 +153,12 @@ def main(argv=None):
     p.add_argument("--size-mib", type=int, default=1024, help="body size per run, MiB (1024)")
     p.add_argument("--repeat", type=int, default=2, help="interleaved repetitions (2)")
     p.add_argument("--small-seconds", type=float, default=3.0, help="seconds of small requests per run (3)")
+    p.add_argument("--chunk-kib", type=int, default=CHUNK >> 10, help="KiB per chunk, 1 to 1024 (1024)")
     p.add_argument("--relays", default=",".join(RELAYS))
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
+    if not 0 < args.chunk_kib <= CHUNK >> 10:
+        p.error("--chunk-kib must be from 1 to %d, not %d" % (CHUNK >> 10, args.chunk_kib))
     names = [n.strip() for n in args.relays.split(",") if n.strip()]
     nbytes = args.size_mib << 20
     t_start = time.monotonic()
@@ -155,13 +166,13 @@ def main(argv=None):
     w("http_throughput: %d MiB bodies, %d interleaved repetitions, %d CPUs, Python %s\n"
       % (args.size_mib, args.repeat, os.cpu_count(), sys.version.split()[0]))
     sys.stdout.flush()
-    results, failures = measure(names, nbytes, args.repeat, args.small_seconds, args.verbose)
+    results, failures = measure(names, nbytes, args.repeat, args.small_seconds, args.verbose, args.chunk_kib << 10)
     report(names, results, failures, args)
     w("(total %.0f s)\n" % (time.monotonic() - t_start))
     return 1 if failures else 0
 
 
-def measure(names, nbytes, repeat, small_seconds, verbose=False):
+def measure(names, nbytes, repeat, small_seconds, verbose=False, chunk=CHUNK):
     """
     Start the relays, warm each up with every case, then C{repeat}
     interleaved rounds; returns ({(relay, case): [client results]}, failures).
@@ -186,9 +197,9 @@ def measure(names, nbytes, repeat, small_seconds, verbose=False):
                 for what, chunked in CASES:
                     if (n, (what, chunked)) in UNSUPPORTED:
                         continue
-                    res = run_client(relays[n], what, 3 * (1 << 20) + 5, chunked, timeout=30)
+                    res = run_client(relays[n], what, 3 * (1 << 20) + 5, chunked, timeout=30, chunk=chunk)
                     if res["error"]:
-                        raise BenchError("%s: %s" % (case_name((what, chunked)), res["error"]))
+                        raise BenchError("%s: %s" % (case_name((what, chunked), chunk), res["error"]))
             except BenchError as e:
                 failures.append("%s warm-up failed: %s" % (n, e))
         for rep in range(repeat):
@@ -198,15 +209,15 @@ def measure(names, nbytes, repeat, small_seconds, verbose=False):
                     if (n, case) in UNSUPPORTED:
                         continue
                     try:
-                        res = run_client(relays[n], what, nbytes, chunked, small_seconds)
+                        res = run_client(relays[n], what, nbytes, chunked, small_seconds, chunk=chunk)
                     except BenchError as e:
                         res = {"error": str(e)}
                     if res.get("error"):
-                        failures.append("%s, %s, run %d: %s" % (n, case_name(case) if what != "small"
+                        failures.append("%s, %s, run %d: %s" % (n, case_name(case, chunk) if what != "small"
                                                                 else "small", rep + 1, res["error"]))
                     results[(n, case)].append(res)
                     if verbose and not res.get("error"):
-                        w("  run %d %-14s %-28s %s\n" % (rep + 1, n, case_name(case) if what != "small" else "small",
+                        w("  run %d %-14s %-28s %s\n" % (rep + 1, n, case_name(case, chunk) if what != "small" else "small",
                                                         "%.2f GB/s" % (res["bytes"] / res["secs"] / 1e9)
                                                         if what != "small" else "%.0f req/s"
                                                         % (res["requests"] / res["secs"])))
@@ -227,6 +238,7 @@ def _median(runs, key):
 
 def report(names, results, failures, args, out=sys.stdout):
     w = out.write
+    chunk = args.chunk_kib << 10
     gbps = lambda r: r["bytes"] / r["secs"] / 1e9
     cpu = lambda r: (r["relay_cpu"] / (r["bytes"] / 1e9)) if r.get("relay_cpu") is not None else float("nan")
     w("\n%-30s" % "GB/s (median)" + "".join("%15s" % n for n in names) + "   proxy/revproxy  proxy/tcp-relay\n")
@@ -235,19 +247,19 @@ def report(names, results, failures, args, out=sys.stdout):
         med = {n: _median(results[(n, case)], gbps) for n in names}
         xr = med["http-proxy"] / med["reverse-proxy"] if med.get("http-proxy") and med.get("reverse-proxy") else None
         xt = med["http-proxy"] / med["tcp-relay"] if med.get("http-proxy") and med.get("tcp-relay") else None
-        w("%-30s" % case_name(case) + "".join("%15s" % fmt(med[n]) for n in names)
+        w("%-30s" % case_name(case, chunk) + "".join("%15s" % fmt(med[n]) for n in names)
           + "%17s%17s\n" % (fmt(xr), fmt(xt)))
         verdicts.append((case, xr, xt))
     w("\n%-30s" % "relay CPU s/GB (median)" + "".join("%15s" % n for n in names) + "\n")
     for case in CASES:
-        w("%-30s" % case_name(case) + "".join(
+        w("%-30s" % case_name(case, chunk) + "".join(
             "%15s" % fmt(_median(results[(n, case)], cpu), "%.3f") for n in names) + "\n")
     rps = {n: _median(results[(n, ("small", False))], lambda r: r["requests"] / r["secs"]) for n in names}
     w("\n%-30s" % "small keep-alive req/s" + "".join("%15s" % fmt(rps[n], "%.0f") for n in names) + "\n")
-    w("\nTargets (http-proxy):\n")
+    w("\nTargets (http-proxy%s):\n" % ("" if chunk == CHUNK else "; the issue sets them for 1 MiB chunks"))
     for case, xr, xt in verdicts:
         w("  %-28s vs reverse-proxy %sx (>= %.1fx: %s)   vs tcp-relay %sx (>= %.2fx: %s)\n" % (
-            case_name(case), fmt(xr), THROUGHPUT_VS_REVERSE,
+            case_name(case, chunk), fmt(xr), THROUGHPUT_VS_REVERSE,
             "-" if xr is None else ("PASS" if xr >= THROUGHPUT_VS_REVERSE else "MISS"),
             fmt(xt), THROUGHPUT_VS_TCP, "-" if xt is None else ("PASS" if xt >= THROUGHPUT_VS_TCP else "MISS")))
     if rps.get("http-proxy") and rps.get("reverse-proxy"):
@@ -264,7 +276,7 @@ def report(names, results, failures, args, out=sys.stdout):
     for n, case in sorted(UNSUPPORTED):
         if n in names:
             w("not run: %s, %s (ReverseProxyResource forwards Transfer-Encoding: chunked with the "
-              "de-chunked body: the upload never completes)\n" % (n, case_name(case)))
+              "de-chunked body: the upload never completes)\n" % (n, case_name(case, chunk)))
     for f in failures:
         w("failure: %s\n" % f)
 
