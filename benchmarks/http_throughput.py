@@ -18,7 +18,9 @@ body per run.  Paths compared, each relay in its own process:
     --backend auto});
   - C{reverse-proxy}: C{twisted.web.proxy.ReverseProxyResource} in a Site;
   - C{haproxy-http}: HAProxy in HTTP mode (keep-alive, forced splicing, 1 MiB
-    pipes), when installed.
+    pipes), when installed;
+  - C{NAME#2} (e.g. C{tcp-relay#2}): a second, identical relay, whose ratio to
+    the first is the scatter of the run itself.
 
 Runs are interleaved round-robin, N times; the table gives the median GB/s
 (1e9 bytes / client wall time) and the ratios the targets are about:
@@ -51,6 +53,10 @@ THROUGHPUT_VS_TCP = 0.9
 # the de-chunked body but forwards the "Transfer-Encoding: chunked" field with
 # it, so the origin waits for chunk framing that never comes.
 UNSUPPORTED = {("reverse-proxy", ("ul", True))}
+
+
+def unsupported(name, case):
+    return (name.partition("#")[0], case) in UNSUPPORTED
 
 
 #: Bytes per chunk of the chunked cases unless C{--chunk-kib} says otherwise.
@@ -88,13 +94,14 @@ class Relay:
 
     def command(self, port):
         d = str(self.dest)
-        if self.name == "http-proxy":
+        kind = self.name.partition("#")[0]  # "tcp-relay#2": a second one, the run's own scatter
+        if kind == "http-proxy":
             return [PY, "-m", "benchmarks._httpload", "proxy", "--listen", str(port), "--connect", d]
-        if self.name == "reverse-proxy":
+        if kind == "reverse-proxy":
             return [PY, "-m", "benchmarks._httpload", "reverseproxy", "--listen", str(port), "--connect", d]
-        if self.name == "haproxy-http":
+        if kind == "haproxy-http":
             return haproxy_command(self.workdir, port, d, "http")
-        if self.name == "tcp-relay":
+        if kind == "tcp-relay":
             return [PY, "-m", "benchmarks.splice_relay", "--listen", str(port), "--connect", d,
                     "--backend", "auto"]
         raise BenchError("unknown relay %r" % self.name)
@@ -195,7 +202,7 @@ def measure(names, nbytes, repeat, small_seconds, verbose=False, chunk=CHUNK):
         for n in list(relays):
             try:
                 for what, chunked in CASES:
-                    if (n, (what, chunked)) in UNSUPPORTED:
+                    if unsupported(n, (what, chunked)):
                         continue
                     res = run_client(relays[n], what, 3 * (1 << 20) + 5, chunked, timeout=30, chunk=chunk)
                     if res["error"]:
@@ -206,7 +213,7 @@ def measure(names, nbytes, repeat, small_seconds, verbose=False, chunk=CHUNK):
             for case in CASES + [("small", False)]:
                 for n in relays:
                     what, chunked = case
-                    if (n, case) in UNSUPPORTED:
+                    if unsupported(n, case):
                         continue
                     try:
                         res = run_client(relays[n], what, nbytes, chunked, small_seconds, chunk=chunk)
@@ -266,6 +273,12 @@ def report(names, results, failures, args, out=sys.stdout):
         x = rps["http-proxy"] / rps["reverse-proxy"]
         w("  %-28s %.0f vs %.0f req/s = %.2fx (>= 1.0x: %s)\n" % (
             "small keep-alive requests", rps["http-proxy"], rps["reverse-proxy"], x, "PASS" if x >= 1 else "MISS"))
+    for n in names:
+        first = n.partition("#")[0]
+        if first != n and first in names:
+            meds = [(_median(results[(n, c)], gbps), _median(results[(first, c)], gbps)) for c in CASES]
+            w("  %-28s %s (the run's own scatter: identical relays)\n" % (
+                "%s / %s" % (n, first), "  ".join(fmt(a / b if a and b else None) for a, b in meds)))
     d = [_median(results[("direct", c)], gbps) for c in CASES] if "direct" in names else []
     best = [max((_median(results[(n, c)], gbps) or 0) for n in names if n != "direct") for c in CASES]
     if d and all(d):
@@ -308,7 +321,7 @@ def suite(ctx):
          ("cpu", "relay CPU s/GB", "%.3f")])
     for case in CASES:
         for n in names:
-            if (n, case) in UNSUPPORTED:
+            if unsupported(n, case):
                 continue
             body.rows.append({"relay": n, "case": case_name(case), "gbps": gbps[(n, case)],
                               "cpu": cpu[(n, case)]})
