@@ -23,12 +23,11 @@ def spliceOn(source, drain, path, **kw):
     try:
         return splice(source, drain, backend=path, **kw)
     except SpliceError as e:
-        forced = path not in ("auto", "transport")
-        if e.errno not in (errno.EOPNOTSUPP, errno.ENOTSOCK) or not forced or not (
-            describe(source).tls or describe(drain).tls
-        ):
+        forcedSocketPath = path not in ("auto", "transport")
+        tls = describe(source).tls or describe(drain).tls
+        if not (forcedSocketPath and tls and e.errno in (errno.EOPNOTSUPP, errno.ENOTSOCK)):
             raise
-        return splice(source, drain, backend="transport", **kw)
+    return splice(source, drain, backend="transport", **kw)
 
 
 def spliceOrCopy(source, drain, path):
