@@ -41,6 +41,7 @@ import tempfile
 import threading
 import time
 
+from benchmarks._httpload import CHUNK  # bytes per chunk of the chunked cases unless --chunk-kib says otherwise
 from benchmarks.tcp_throughput import (
     PY, ROOT, BenchError, _env, fmt, free_port, haproxy_command, kill, proc_cpu, wait_listening,
 )
@@ -55,12 +56,13 @@ THROUGHPUT_VS_TCP = 0.9
 UNSUPPORTED = {("reverse-proxy", ("ul", True))}
 
 
+def relayKind(name):
+    """C{"tcp-relay#2"} (a second, identical relay: the run's own scatter) -> C{"tcp-relay"}."""
+    return name.partition("#")[0]
+
+
 def unsupported(name, case):
-    return (name.partition("#")[0], case) in UNSUPPORTED
-
-
-#: Bytes per chunk of the chunked cases unless C{--chunk-kib} says otherwise.
-CHUNK = 1 << 20
+    return (relayKind(name), case) in UNSUPPORTED
 
 
 def case_name(case, chunk=CHUNK):
@@ -94,7 +96,7 @@ class Relay:
 
     def command(self, port):
         d = str(self.dest)
-        kind = self.name.partition("#")[0]  # "tcp-relay#2": a second one, the run's own scatter
+        kind = relayKind(self.name)
         if kind == "http-proxy":
             return [PY, "-m", "benchmarks._httpload", "proxy", "--listen", str(port), "--connect", d]
         if kind == "reverse-proxy":
@@ -274,7 +276,7 @@ def report(names, results, failures, args, out=sys.stdout):
         w("  %-28s %.0f vs %.0f req/s = %.2fx (>= 1.0x: %s)\n" % (
             "small keep-alive requests", rps["http-proxy"], rps["reverse-proxy"], x, "PASS" if x >= 1 else "MISS"))
     for n in names:
-        first = n.partition("#")[0]
+        first = relayKind(n)
         if first != n and first in names:
             meds = [(_median(results[(n, c)], gbps), _median(results[(first, c)], gbps)) for c in CASES]
             w("  %-28s %s (the run's own scatter: identical relays)\n" % (
