@@ -21,7 +21,7 @@ interpreter.
         backend side a connected port, replies to the last client.
 
     python -m benchmarks._udpload splice-relay --listen P --connect Q
-        L{splicing.udp.UDPRelayService}.
+        L{splicing.relay.udp.UDPRelayService}.
 
 Relays print C{READY} once listening, and answer C{counters} on stdin with
 one JSON line (the splice relay's L{UDPRelayService.counters}; C{{}} for
@@ -36,7 +36,7 @@ import socket
 import sys
 import time
 
-from splicing import mmsg
+from splicing.buffers import mmsg
 
 BATCH = 64
 BUFSIZE = 8 << 20  # the load tools' own buffers (forced when allowed)
@@ -232,7 +232,7 @@ def twistedRelay(args):
 def spliceRelay(args):
     from twisted.internet import reactor
 
-    from splicing.udp import UDPRelayService
+    from splicing.relay.udp import UDPRelayService
 
     service = UDPRelayService(
         "udp:%d:interface=127.0.0.1" % args.listen, "udp:127.0.0.1:%d" % args.connect,

@@ -10,7 +10,7 @@ for S seconds, unpaced ("max") or paced to a rate (both in
 L{benchmarks._udpload}).  Relays, each its own process: C{direct} (no
 relay: shows what the sender and receiver reach, i.e. that the sender is
 not the bottleneck), C{twisted} (a plain C{DatagramProtocol} relay, the
-backend side a connected port) and C{splice} (L{splicing.udp.UDPRelayService}).
+backend side a connected port) and C{splice} (L{splicing.relay.udp.UDPRelayService}).
 Both relays get the same 4 MiB socket buffers.  Runs are interleaved over
 the relays; unpaced runs are repeated N times and the median is reported.
 

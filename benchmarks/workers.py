@@ -10,7 +10,7 @@ scenario's load).  The relays run side by side and take turns, run by run
 relay's CPU (master and workers) per session and in cores, and the ratio
 against one worker.  The target for two workers is >= 1.6x.
 C{--reuseport} adds two workers with one C{SO_REUSEPORT} socket each
-instead of one socket both accept from (L{splicing.workersockets}).
+instead of one socket both accept from (L{splicing.app.workersockets}).
 
 The load must not be the limit on a 2-core machine whose two workers want
 both cores: the origin and the client are single epoll loops over

@@ -17,9 +17,9 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
-from splicing.balance import clientFromString
-from splicing.relay import RelayFactory, RelayProtocol
-from splicing.service import RelayService
+from splicing.relay.balance import clientFromString
+from splicing.relay.tcp import RelayFactory, RelayProtocol
+from splicing.app.service import RelayService
 
 
 class PortSharer(RelayProtocol):

@@ -13,8 +13,8 @@ from twisted.application import service, strports
 from twisted.internet import endpoints, reactor
 from twisted.web import server, static
 
-from splicing.relay import RelayFactory
-from splicing.service import RelayService
+from splicing.relay.tcp import RelayFactory
+from splicing.app.service import RelayService
 
 webPort = int(os.environ.get("WEB_PORT", "8081"))
 relayPort = int(os.environ.get("RELAY_PORT", "8080"))

@@ -8,10 +8,10 @@ Usage::
     s.done.addCallback(lambda r: print(r.length, r.reason, r.error))
 """
 
-from splicing.base import Last
-from splicing.errors import SpliceError
-from splicing.result import Reason, SpliceResult
-from splicing.splice import splice
+from splicing.core.base import Last
+from splicing.core.errors import SpliceError
+from splicing.core.result import Reason, SpliceResult
+from splicing.core.splice import splice
 
 __version__ = "0.1.0"
 __all__ = ["splice", "Last", "SpliceError", "Reason", "SpliceResult"]

@@ -36,7 +36,7 @@ class ISplice(Interface):
     done = Attribute("A Deferred firing once with an L{ISpliceResult}.")
     framer = Attribute(
         "A callable that extends the splice past its maximum for a framed stream "
-        "(see L{splicing.splice.splice}), or None (also once it answered C{Last})."
+        "(see L{splicing.core.splice.splice}), or None (also once it answered C{Last})."
     )
 
     def unsplice():
@@ -154,5 +154,5 @@ class ISplicePath(Interface):
     def supports(source, drain):
         """
         Whether this path can serve the two described endpoints (see
-        L{splicing.endpoint.describe}); returns True or False.
+        L{splicing.core.endpoint.describe}); returns True or False.
         """

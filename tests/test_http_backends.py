@@ -583,7 +583,7 @@ async def test_tls_drain_closes_after_a_body(net, certs, case):
 async def test_tls_with_forced_socket_path(net, certs, case, path):
     """
     docs/usage.md, --backend: "TLS sessions always use transport" (the TCP
-    relay gives way, splicing/fallback.py).  One body from the TLS side to
+    relay gives way, splicing/relay/fallback.py).  One body from the TLS side to
     the plain side (not into the TLS transport: see the tests above).
     """
     origin = WebOrigin(net)

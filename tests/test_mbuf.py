@@ -1,5 +1,5 @@
 """
-Tests for L{splicing.mbuf}: a property test against a plain C{bytes} model
+Tests for L{splicing.buffers.mbuf}: a property test against a plain C{bytes} model
 with tiny clusters (so every operation crosses boundaries), edge cases, pool
 accounting, and real socket I/O.  Every test ends with no cluster in use.
 """
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from twisted.logger import globalLogPublisher
 
-from splicing.mbuf import (
+from splicing.buffers.mbuf import (
     CLUSTER_SIZE,
     IOV_MAX,
     Chain,

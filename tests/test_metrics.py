@@ -1,5 +1,5 @@
 """
-The metrics of the HTTP proxy and the UDP relay (splicing.metrics), in this
+The metrics of the HTTP proxy and the UDP relay (splicing.app.metrics), in this
 process over real sockets on 127.0.0.1: traffic goes through each relay
 with a RelayMetrics, then every counter is compared with what the peers
 saw, to the byte.  (TCP relays' metrics: test_relay_tcp.py, in twistd.)
@@ -13,8 +13,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 
 import harness
 from httpharness import Proxy, RawOrigin, WebOrigin, blob, parse_responses, raw, request_bytes, unused_port
-from splicing.balance import BalancedEndpoint, Balancer, Target
-from splicing.metrics import RelayMetrics, combine
+from splicing.relay.balance import BalancedEndpoint, Balancer, Target
+from splicing.app.metrics import RelayMetrics, combine
 from test_udp_relay import client, relay
 
 # Body bytes that may arrive with a head are copied, not spliced (at most one read).

@@ -13,7 +13,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 
 from harness import wait_until
 from httpharness import Proxy, WebOrigin, raw, request_bytes
-from splicing.endpoint import noDelay
+from splicing.core.endpoint import noDelay
 
 
 def nodelay(transport):
@@ -55,9 +55,9 @@ class _Echo(protocol.Protocol):
 
 @pytest_twisted.ensureDeferred
 async def test_tcp_relay_sets_no_delay_both_ways(net, monkeypatch):
-    from splicing.relay import RelayFactory
+    from splicing.relay.tcp import RelayFactory
 
-    seen = record(monkeypatch, "splicing.relay")
+    seen = record(monkeypatch, "splicing.relay.tcp")
     origin = net.listen(protocol.Factory.forProtocol(_Echo))
     factory = RelayFactory([TCP4ClientEndpoint(reactor, "127.0.0.1", origin.getHost().port)])
     relay = net.listen(factory)

@@ -12,11 +12,13 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
 
-from splicing import config, proxyheader
-from splicing.access import AllowList, parseNetwork
-from splicing.balance import Balancer, Target
-from splicing.cli import TCPOptions
-from splicing.sessions import SessionTable
+from splicing.app import config
+
+from splicing.relay import proxyheader
+from splicing.relay.access import AllowList, parseNetwork
+from splicing.relay.balance import Balancer, Target
+from splicing.app.cli import TCPOptions
+from splicing.relay.sessions import SessionTable
 
 V4 = IPv4Address("TCP", "192.0.2.1", 40000), IPv4Address("TCP", "198.51.100.2", 443)
 V6 = IPv6Address("TCP", "2001:db8::1", 40000), IPv6Address("TCP", "2001:db8::2", 443)
@@ -158,7 +160,7 @@ def test_backend_address_literals_connect_without_a_resolver():
     """An address literal gets a plain TCP endpoint (no getaddrinfo thread per session); names resolve."""
     from twisted.internet import endpoints, reactor
 
-    from splicing.balance import clientFromString
+    from splicing.relay.balance import clientFromString
 
     assert type(clientFromString(reactor, "tcp:host=127.0.0.1:port=80")) is endpoints.TCP4ClientEndpoint
     assert type(clientFromString(reactor, r"tcp:host=\:\:1:port=80")) is endpoints.TCP6ClientEndpoint

@@ -30,9 +30,9 @@ from twisted.internet import defer, error, task
 
 import procs
 from procs import Backend, connect
-from splicing.accepting import DescriptorGuard, countOpen, exhaustionErrno, softLimit
-from splicing.balance import Balancer, Target
-from splicing.sessions import SessionTable
+from splicing.relay.accepting import DescriptorGuard, countOpen, exhaustionErrno, softLimit
+from splicing.relay.balance import Balancer, Target
+from splicing.relay.sessions import SessionTable
 from stress import load
 
 LOCAL = "tcp:0:interface=127.0.0.1:backlog=1024"
@@ -328,8 +328,8 @@ def test_guard_recounts_only_near_the_margin(monkeypatch):
     guard = DescriptorGuard(margin=10)
     counts = []
     opened = [100]
-    monkeypatch.setattr("splicing.accepting.softLimit", lambda: 130)
-    monkeypatch.setattr("splicing.accepting.countOpen", lambda: counts.append(1) or opened[0])
+    monkeypatch.setattr("splicing.relay.accepting.softLimit", lambda: 130)
+    monkeypatch.setattr("splicing.relay.accepting.countOpen", lambda: counts.append(1) or opened[0])
     port = _Port()
     port.numberAccepts = 1  # as Twisted leaves it after a batch that emptied the backlog
     guard.watch(port)

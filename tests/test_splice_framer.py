@@ -167,7 +167,7 @@ async def test_last_header_then_eof(net, backend):
 def test_framer_answer_checked(answer):
     """A framer that answers something else than a count is a programming error, said so."""
     from splicing import SpliceError
-    from splicing.base import SpliceBase
+    from splicing.core.base import SpliceBase
 
     s = SpliceBase(reactor, 0, None)
     s.framer = lambda data: answer
@@ -178,7 +178,7 @@ def test_framer_answer_checked(answer):
 
 def test_framer_must_decide_within_the_peek():
     from splicing import SpliceError
-    from splicing.base import FRAMER_PEEK, SpliceBase
+    from splicing.core.base import FRAMER_PEEK, SpliceBase
 
     s = SpliceBase(reactor, 0, None)
     s.framer = lambda data: 0

@@ -468,8 +468,8 @@ def test_full_drain_waits_and_the_pure_python_path_agrees(monkeypatch):
     (UDP on loopback never does): the batch waits and goes out whole later.
     Run with the ctypes vector and with the fallback one.
     """
-    from splicing import mmsg
-    from splicing.mbuf import ClusterPool
+    from splicing.buffers import mmsg
+    from splicing.buffers.mbuf import ClusterPool
     from splicing.paths.mbuf import DatagramMover
 
     for make in (mmsg.MessageVector, mmsg.PyMessageVector):
@@ -521,7 +521,7 @@ def test_full_drain_waits_and_the_pure_python_path_agrees(monkeypatch):
 
 
 def test_release_returns_unsent_datagrams_with_their_senders():
-    from splicing.mbuf import ClusterPool
+    from splicing.buffers.mbuf import ClusterPool
     from splicing.paths.mbuf import DatagramMover
 
     src = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

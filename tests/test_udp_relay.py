@@ -1,5 +1,5 @@
 """
-The UDP relay (splicing.udp): per-client sessions over real sockets on
+The UDP relay (splicing.relay.udp): per-client sessions over real sockets on
 127.0.0.1 and ::1, in this process.  Clients are Twisted UDP ports that
 record what comes back; the backend is an echo that prefixes each reply
 with nothing but the payload, so every client can check that exactly its
@@ -53,7 +53,7 @@ def esc(host):
 
 
 async def relay(net, fam_listen=4, fam_back=4, listen=None, **kw):
-    from splicing.udp import UDPRelayService
+    from splicing.relay.udp import UDPRelayService
 
     echo = Echo()
     back = udp(net, fam_back, echo)
@@ -284,7 +284,7 @@ async def test_session_cap_drops_and_counts_new_clients(net):
 
 @pytest_twisted.ensureDeferred
 async def test_backend_down_ends_the_session_not_the_relay(net):
-    from splicing.udp import UDPRelayService
+    from splicing.relay.udp import UDPRelayService
 
     dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     dead.bind(("127.0.0.1", 0))
@@ -321,7 +321,7 @@ async def test_stop_service_closes_everything(net):
 
 
 def test_parse_listen():
-    from splicing.udp import parseUDPListen
+    from splicing.relay.udp import parseUDPListen
 
     assert parseUDPListen("udp:5353") == ("0.0.0.0", 5353)
     assert parseUDPListen("udp:5353:interface=\\:\\:1") == ("::1", 5353)
@@ -344,7 +344,7 @@ def test_parse_listen():
 
 
 def test_parse_connect():
-    from splicing.udp import parseUDPConnect
+    from splicing.relay.udp import parseUDPConnect
 
     assert parseUDPConnect("udp:host=127.0.0.1:port=53") == ("127.0.0.1", 53)
     assert parseUDPConnect("udp:10.0.0.1:53") == ("10.0.0.1", 53)
@@ -366,7 +366,7 @@ def test_parse_connect():
 
 
 def test_service_arguments_are_checked():
-    from splicing.udp import UDPRelayService
+    from splicing.relay.udp import UDPRelayService
 
     for kw in ({"idle": 0}, {"idle": -1}, {"maxSessions": -1}, {"maxSessions": 1.5}):
         with pytest.raises(ValueError):
@@ -381,7 +381,7 @@ def test_a_burst_of_new_clients_is_dispatched_without_nesting(monkeypatch):
     RecursionError that left sessions half made (the 1,000-client benchmark
     then forwarded 1 % of its datagrams); now every session is made, in order.
     """
-    from splicing import udp
+    from splicing.relay import udp
 
     made, forwarded = [], []
 

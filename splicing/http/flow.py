@@ -18,13 +18,13 @@ import socket
 from twisted.internet import main, tcp
 from twisted.logger import Logger
 
-from splicing.base import Last
+from splicing.core.base import Last
 from splicing.http.chunk import ChunkedReader
 from splicing.http.errors import HTTPError
 from splicing.http.head import HeadReader
-from splicing.result import Reason
-from splicing.fallback import spliceOn
-from splicing.takeover import readWith
+from splicing.core.result import Reason
+from splicing.relay.fallback import spliceOn
+from splicing.core.takeover import readWith
 
 #: How much user land reads from the source between chunks: the framing line
 #: and a little data.  Twisted's 64 KiB reads would copy up to 64 KiB of each

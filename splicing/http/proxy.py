@@ -16,14 +16,14 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from splicing.access import AllowList, formatAddress
-from splicing.balance import BalancedEndpoint
-from splicing.endpoint import noDelay, shutWrite
+from splicing.relay.access import AllowList, formatAddress
+from splicing.relay.balance import BalancedEndpoint
+from splicing.core.endpoint import noDelay, shutWrite
 from splicing.http.errors import HTTPError
 from splicing.http.flow import CHUNKED, DONE, HEAD, LENGTH, UNTIL_EOF, Flow
 from splicing.http.head import errorResponse, parseRequestHead, parseResponseHead
-from splicing.metrics import Reporter
-from splicing.sessions import SessionTable
+from splicing.app.metrics import Reporter
+from splicing.relay.sessions import SessionTable
 
 
 def _ruleBlock(status, label):
@@ -69,7 +69,7 @@ class HTTPProxyProtocol(Protocol):
         self.factory.admit(self)
 
     def begin(self):
-        """A session slot is ours (see L{splicing.sessions.SessionTable})."""
+        """A session slot is ours (see L{splicing.relay.sessions.SessionTable})."""
         f = self.factory
         self.requests = Flow(self, "request", f.headerLimit, f.maxHeaderLines, f.backendPath)
         self.responses = Flow(self, "response", f.headerLimit, f.maxHeaderLines, f.backendPath)
@@ -450,7 +450,7 @@ class HTTPProxyFactory(Factory):
     @param idle: seconds without a byte either way before a session ends
         (0: never); a request body stalled that long gets 408.
     @param name: the relay's name in logs and metrics.
-    @param metrics: a L{splicing.metrics.RelayMetrics}, or None.
+    @param metrics: a L{splicing.app.metrics.RelayMetrics}, or None.
     """
 
     protocol = HTTPProxyProtocol

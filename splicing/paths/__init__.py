@@ -8,8 +8,8 @@ import errno
 import os
 import sys
 
-from splicing.endpoint import STREAM, TCP
-from splicing.errors import SpliceError
+from splicing.core.endpoint import STREAM, TCP
+from splicing.core.errors import SpliceError
 
 BACKENDS = ("kernel", "mbuf", "transport")
 

@@ -12,9 +12,9 @@ import socket
 
 from zope.interface import implementer
 
-from splicing import mmsg
+from splicing.buffers import mmsg
 from splicing.interfaces import IMover
-from splicing.mbuf import Chain, ClusterPool
+from splicing.buffers.mbuf import Chain, ClusterPool
 
 INFLIGHT = 1 << 20
 MAX_DATAGRAM = 65536
@@ -90,7 +90,7 @@ class DatagramMover:
     one per datagram (its size is unknown before it is read), filled by one
     C{recvmmsg}, and their lengths, emptied by one C{sendmmsg} in which runs
     of equal sizes travel as single GSO messages that the kernel cuts back
-    into the same datagrams (L{splicing.mmsg}).  No Python object is made
+    into the same datagrams (L{splicing.buffers.mmsg}).  No Python object is made
     per datagram.  The next batch is read only once this one is sent, so
     order is kept and a slow drain holds at most one batch.
 

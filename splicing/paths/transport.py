@@ -17,10 +17,10 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from splicing.base import FRAMER_PEEK, SpliceBase
-from splicing.endpoint import TLSMemoryBIOProtocol
-from splicing.result import Reason
-from splicing.takeover import isReading
+from splicing.core.base import FRAMER_PEEK, SpliceBase
+from splicing.core.endpoint import TLSMemoryBIOProtocol
+from splicing.core.result import Reason
+from splicing.core.takeover import isReading
 
 _MISSING = object()
 

@@ -1,12 +1,12 @@
 """
-The twistd/twist dropin: C{twistd splice ...} runs L{splicing.cli}.
+The twistd/twist dropin: C{twistd splice ...} runs L{splicing.app.cli}.
 """
 
 from twisted.application.service import ServiceMaker
 
 splice = ServiceMaker(
     "splicing",
-    "splicing.cli",
+    "splicing.app.cli",
     "OpenBSD-style spliced TCP and UDP relays (see 'twistd splice --help', docs/usage.md).",
     "splice",
 )

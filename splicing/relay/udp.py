@@ -1,6 +1,6 @@
 """
 The UDP relay behind C{twistd splice udp}: many clients at once, one
-session per client address (L{splicing.udpsession}), each spliced both
+session per client address (L{splicing.relay.udpsession}), each spliced both
 ways, ended after an idle timeout, capped in number.
 
 Descriptions use Twisted's endpoint-string syntax (C{prefix:arg:key=value},
@@ -22,8 +22,8 @@ from twisted.application import service
 from twisted.internet import abstract, defer, protocol
 from twisted.logger import Logger
 
-from splicing.metrics import Reporter
-from splicing.udpsession import ReusePort, Session
+from splicing.app.metrics import Reporter
+from splicing.relay.udpsession import ReusePort, Session
 
 __all__ = ["UDPRelayService", "parseUDPListen", "parseUDPConnect"]
 
@@ -171,7 +171,7 @@ class UDPRelayService(service.Service):
     splices), C{datagramsOut}/C{bytesOut} (clients to backend, "out" as in
     the TCP relay's logs) and C{datagramsIn}/C{bytesIn} (backend to clients).
 
-    With C{metrics} (a L{splicing.metrics.RelayMetrics}) it reports as
+    With C{metrics} (a L{splicing.app.metrics.RelayMetrics}) it reports as
     C{relay=name}: each session's end and bytes, and the sessions running.
     """
 
@@ -209,7 +209,7 @@ class UDPRelayService(service.Service):
         return self._reactor
 
     #: A bound socket to serve instead of binding C{listenAt}: a worker's,
-    #: inherited from its master (see L{splicing.workersockets}).
+    #: inherited from its master (see L{splicing.app.workersockets}).
     inheritedSocket = None
 
     # -- the service
@@ -300,7 +300,7 @@ class UDPRelayService(service.Service):
 
     # -- counters
 
-    #: For L{splicing.metrics.RelayMetrics.watch}: the sessions running;
+    #: For L{splicing.app.metrics.RelayMetrics.watch}: the sessions running;
     #: none ever waits (a new client over the cap is dropped).
     active = property(lambda self: self._sessions)
     waiting = ()

@@ -19,8 +19,8 @@ import socket
 from twisted.internet import error as twerror
 from twisted.python.failure import Failure
 
-from splicing.base import FRAMER_PEEK, SpliceBase
-from splicing.result import Reason
+from splicing.core.base import FRAMER_PEEK, SpliceBase
+from splicing.core.result import Reason
 
 #: A stream read that returns less than asked and less than this emptied the
 #: socket (small messages): the loop does not read again until the next read

@@ -1,7 +1,7 @@
 """
 The master of C{twistd splice --workers N}: N worker processes
-(L{splicing.worker}) serve one configuration on listening sockets the
-master binds (L{splicing.workersockets}); the master accepts nothing itself.
+(L{splicing.app.worker}) serve one configuration on listening sockets the
+master binds (L{splicing.app.workersockets}); the master accepts nothing itself.
 
   - A worker that exits unexpectedly is started again, after a delay that
     doubles with each failure in a row (from 0.5 s, at most 30 s; a worker
@@ -18,7 +18,7 @@ master binds (L{splicing.workersockets}); the master accepts nothing itself.
     listener did not change are kept: no client is refused meanwhile.
   - Logs: each worker's twisted.logger events appear in the master's log
     with the fields C{worker} (its index) and C{worker_pid}.
-  - Metrics: the sum of the workers' (L{splicing.metrics.WorkerMetrics}).
+  - Metrics: the sum of the workers' (L{splicing.app.metrics.WorkerMetrics}).
 
 No worker outlives the master: the kernel sends them SIGTERM when it dies
 (Linux), and the end of their command pipe tells them too.
@@ -35,9 +35,9 @@ from twisted.internet import defer, error, protocol
 from twisted.logger import Logger, LogLevel, eventFromJSON, globalLogPublisher
 from twisted.python import usage
 
-from splicing.metrics import WorkerMetrics
-from splicing.service import ListeningService, difference, onSIGHUP
-from splicing.workersockets import Binder
+from splicing.app.metrics import WorkerMetrics
+from splicing.app.service import ListeningService, difference, onSIGHUP
+from splicing.app.workersockets import Binder
 
 FIRST_DELAY = 0.5
 MAX_DELAY = 30.0
@@ -48,7 +48,7 @@ _LEVELS = {level.name: level for level in LogLevel.iterconstants()}
 
 
 def _listens(relay):
-    """The C{--listen} descriptions of a L{splicing.config.Relay}, in order."""
+    """The C{--listen} descriptions of a L{splicing.app.config.Relay}, in order."""
     listen = relay.options["listen"]
     return [listen] if isinstance(listen, str) else list(listen)
 
@@ -64,7 +64,7 @@ class _UDPEndpoint:
         self.description = description
 
     def listen(self, factory):
-        from splicing.udp import parseUDPListen
+        from splicing.relay.udp import parseUDPListen
 
         return defer.execute(self.binder.bindUDP, *parseUDPListen(self.description))
 
@@ -188,7 +188,7 @@ class WorkerProcess(protocol.ProcessProtocol):
 
 class WorkerPool(service.MultiService):
     """
-    Runs L{splicing.cli.Options} (with C{workers} > 1) in worker processes.
+    Runs L{splicing.app.cli.Options} (with C{workers} > 1) in worker processes.
     Its children are the master's L{Listener}s.
 
     @ivar metrics: the L{WorkerMetrics} a C{--metrics} endpoint serves.
@@ -254,7 +254,7 @@ class WorkerPool(service.MultiService):
                 table[name].append((child, family, kind))
         setup = json.dumps({"index": index, "master": os.getpid(), "sockets": table})
         worker = WorkerProcess(self, index, self.generation)
-        self.reactor.spawnProcess(worker, sys.executable, [sys.executable, "-m", "splicing.worker", setup] + self.argv,
+        self.reactor.spawnProcess(worker, sys.executable, [sys.executable, "-m", "splicing.app.worker", setup] + self.argv,
                                   env=_environment(), childFDs=fds)
         self.processes.add(worker)
         self.metrics.workers.set(len(self.processes))
@@ -323,7 +323,7 @@ class WorkerPool(service.MultiService):
 
     def reload(self):
         """SIGHUP: a new generation of workers for the command line as it reads now."""
-        from splicing import cli
+        from splicing.app import cli
 
         options = cli.Options()
         try:

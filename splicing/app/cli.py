@@ -9,9 +9,10 @@ import sys
 from twisted.internet import endpoints
 from twisted.python import usage
 
-from splicing import config as configfile
-from splicing import paths, proxyheader
-from splicing.access import parseNetwork
+from splicing.app import config as configfile
+from splicing import paths
+from splicing.relay import proxyheader
+from splicing.relay.access import parseNetwork
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 
@@ -201,7 +202,7 @@ class UDPOptions(_Shared):
 
     def postOptions(self):
         try:
-            from splicing import udp
+            from splicing.relay import udp
         except ImportError as e:  # built in parallel; the TCP relays do not need it
             raise usage.UsageError("udp relays are not available: %s" % (e,))
 
@@ -228,7 +229,7 @@ def _checkServer(option, description):
 
 
 def _checkClient(option, description):
-    from splicing.balance import clientFromString
+    from splicing.relay.balance import clientFromString
 
     _check(option, description, clientFromString)
 
@@ -266,7 +267,7 @@ class Options(usage.Options):
         return [[kind, None, _onCommandLine(options), doc] for kind, (options, _, doc) in sorted(RELAYS.items())]
 
     def parseOptions(self, options=None):
-        """Parse C{options}, kept as C{argv}: worker processes parse the same (L{splicing.workers})."""
+        """Parse C{options}, kept as C{argv}: worker processes parse the same (L{splicing.app.workers})."""
         self.argv = list(sys.argv[1:] if options is None else options)
         usage.Options.parseOptions(self, options)
 
@@ -306,8 +307,8 @@ class _DemoEndpoint:
 
 
 def _tcpService(name, options, metrics, reactor):
-    from splicing.balance import Balancer, Target, clientFromString
-    from splicing.relay import RelayFactory
+    from splicing.relay.balance import Balancer, Target, clientFromString
+    from splicing.relay.tcp import RelayFactory
 
     targets = [Target(clientFromString(reactor, c), c) for c in options["connect"]]
     hint, origin = "nc {host} {port}", None
@@ -332,7 +333,7 @@ def _tcpService(name, options, metrics, reactor):
 
 def _demo(reactor):
     """The demo origin (a service) and an endpoint that reaches it."""
-    from splicing.demo import DemoOrigin
+    from splicing.app.demo import DemoOrigin
 
     origin = DemoOrigin(reactor)
     return origin, _DemoEndpoint(reactor, origin)
@@ -340,7 +341,7 @@ def _demo(reactor):
 
 def _relayService(options, factory, origin, hint, reactor):
     """A stream relay's service, with the demo origin as its child when there is one."""
-    from splicing.service import RelayService
+    from splicing.app.service import RelayService
 
     relay = RelayService(options["listen"], factory, hint=hint, reactor=reactor,
                          shutdownTimeout=options["shutdown-timeout"])
@@ -351,7 +352,7 @@ def _relayService(options, factory, origin, hint, reactor):
 
 def _backends(reactor, options, descriptions):
     """One client endpoint: round-robin with failover over C{descriptions}."""
-    from splicing.balance import BalancedEndpoint, Balancer, Target, clientFromString
+    from splicing.relay.balance import BalancedEndpoint, Balancer, Target, clientFromString
 
     targets = [Target(clientFromString(reactor, c), c) for c in descriptions]
     return BalancedEndpoint(Balancer(targets, reactor, timeout=options["connect-timeout"]))
@@ -388,7 +389,7 @@ def _httpService(name, options, metrics, reactor):
 
 
 def _udpService(name, options, metrics, reactor):
-    from splicing.udp import UDPRelayService
+    from splicing.relay.udp import UDPRelayService
 
     return UDPRelayService(options["listen"], options["connect"], idle=options["idle"],
                            maxSessions=options["max-sessions"], reactor=reactor, name=name, metrics=metrics)
@@ -404,11 +405,11 @@ RELAYS = {
 
 
 def buildRelay(name, relay, metrics, reactor):
-    """The IService of one relay (a L{splicing.config.Relay}) called C{name}."""
+    """The IService of one relay (a L{splicing.app.config.Relay}) called C{name}."""
     return RELAYS[relay.kind][1](name, relay.options, metrics, reactor)
 
 
 def makeService(options):
-    from splicing.service import makeService
+    from splicing.app.service import makeService
 
     return makeService(options)

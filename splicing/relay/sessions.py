@@ -5,7 +5,7 @@ When the cap is reached the listening ports stop reading, so new clients
 wait in the kernel's accept backlog instead of being refused (the backlog
 itself is the endpoint's C{backlog=} argument); the few a port accepted in
 the same turn wait here, paused, for a slot.  The ports are also paused
-while the process is short of descriptors (L{splicing.accepting}): a port
+while the process is short of descriptors (L{splicing.relay.accepting}): a port
 reads only when neither reason holds.  At shutdown the table says when the
 last session ended.
 """
@@ -14,7 +14,7 @@ import collections
 
 from twisted.internet import defer
 
-from splicing import accepting
+from splicing.relay import accepting
 
 
 class SessionTable:
@@ -22,7 +22,7 @@ class SessionTable:
     @ivar active: the sessions running (objects with C{begin()} and C{abort(how)}).
     @ivar waiting: sessions accepted while full, in arrival order.
     @ivar ports: the listening ports to pause when full.
-    @ivar guard: the L{splicing.accepting.DescriptorGuard} pausing them
+    @ivar guard: the L{splicing.relay.accepting.DescriptorGuard} pausing them
         when descriptors run short (the process's own by default).
     """
 

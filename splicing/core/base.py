@@ -8,9 +8,9 @@ import errno
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from splicing.errors import SpliceError
+from splicing.core.errors import SpliceError
 from splicing.interfaces import ISplice
-from splicing.result import Reason, SpliceResult
+from splicing.core.result import Reason, SpliceResult
 
 #: The most a framer is shown at a time: enough for any framing unit (an
 #: HTTP chunk-size or trailer line is at most 4 KiB), small enough that a
@@ -39,7 +39,7 @@ class SpliceBase:
     """
 
     backend = None
-    #: Called at the maximum to go on past it (see L{splicing.splice.splice}).
+    #: Called at the maximum to go on past it (see L{splicing.core.splice.splice}).
     framer = None
 
     def __init__(self, reactor, max, idle):

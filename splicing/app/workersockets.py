@@ -114,7 +114,7 @@ class Binder:
 
     def bindUDP(self, interface, port):
         """Sockets for a UDP relay's C{udp:PORT:interface=ADDR}, as the relay binds them."""
-        from splicing import udp
+        from splicing.relay import udp
 
         class Port(udp._ListenPort):
             def createInternetSocket(self):
@@ -195,7 +195,7 @@ class Inherited:
 
     def attach(self, name, relay):
         """Relay service C{name}, made to serve its inherited sockets."""
-        from splicing.service import ListeningService
+        from splicing.app.service import ListeningService
 
         if isinstance(relay, ListeningService):
             relay.sockets = self.adopters(name)

@@ -11,7 +11,7 @@ several relays, or tests, can run in one process without clashing.
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from splicing.service import ListeningService
+from splicing.app.service import ListeningService
 
 
 class _LiveCollector:
@@ -39,9 +39,9 @@ class _LiveCollector:
 
 class RelayMetrics:
     """
-    The relays' counters: a L{splicing.relay.RelayFactory}, an
+    The relays' counters: a L{splicing.relay.tcp.RelayFactory}, an
     L{splicing.http.proxy.HTTPProxyFactory} and a
-    L{splicing.udp.UDPRelayService} report to it (the last two through a
+    L{splicing.relay.udp.UDPRelayService} report to it (the last two through a
     L{Reporter}).  Everything is in C{registry}, so L{snapshot} and
     L{combine} carry it from C{--workers}' workers to their master.
     """
@@ -64,12 +64,12 @@ class RelayMetrics:
         """
         Report C{table}'s running and waiting sessions as C{relay}'s:
         anything with C{active} and C{waiting} collections (a
-        L{splicing.sessions.SessionTable}), read at each scrape.
+        L{splicing.relay.sessions.SessionTable}), read at each scrape.
         """
         self._live.tables[relay] = table
 
     def sessionEnded(self, relay, stats):
-        """A TCP relay's session ended: C{stats} as L{splicing.relay.RelayProtocol.statistics} gives them."""
+        """A TCP relay's session ended: C{stats} as L{splicing.relay.tcp.RelayProtocol.statistics} gives them."""
         path = stats["path"] or "none"
         self.ended(relay, stats["how"], [("out", path, stats["bytes_out"]), ("in", path, stats["bytes_in"])])
 

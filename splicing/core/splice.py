@@ -11,8 +11,8 @@ import math
 import weakref
 
 from splicing import paths
-from splicing.endpoint import STREAM, TCP, UDP, UNIX, describe
-from splicing.errors import SpliceError
+from splicing.core.endpoint import STREAM, TCP, UDP, UNIX, describe
+from splicing.core.errors import SpliceError
 
 #: Which splice uses each transport as its source / drain (EBUSY).
 _sources = weakref.WeakKeyDictionary()
@@ -144,8 +144,8 @@ def _forget(result, s, srcKey, dstKey):
 
 
 def _socketSplice(reactor, src, dst, max, idle, path):
-    from splicing.somove import SocketSplice
-    from splicing.takeover import borrow
+    from splicing.core.somove import SocketSplice
+    from splicing.core.takeover import borrow
 
     if path == "kernel":
         from splicing.paths.kernel import KernelMover

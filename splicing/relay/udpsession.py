@@ -24,7 +24,7 @@ import time
 from twisted.internet import protocol, udp
 from twisted.logger import Logger
 
-from splicing.splice import splice
+from splicing.core.splice import splice
 
 #: Datagrams read from a new front socket before splicing it (see L{Session.start}).
 SETUP_DRAIN = 64

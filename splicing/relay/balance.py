@@ -13,7 +13,7 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.interfaces import IStreamClientEndpoint
 from zope.interface import implementer
 
-from splicing.accepting import exhaustionErrno
+from splicing.relay.accepting import exhaustionErrno
 
 
 def clientFromString(reactor, description):

@@ -23,7 +23,7 @@ while the shortage lasts, and resumes once the margin is back.  New clients
 meanwhile wait in the kernel's backlog; running sessions go on.  Each
 shortage is logged once when it starts and once when it ends.
 
-L{splicing.sessions.SessionTable} asks the guard before resuming its ports,
+L{splicing.relay.sessions.SessionTable} asks the guard before resuming its ports,
 so the C{--max-sessions} pause and this one never undo each other.
 """
 

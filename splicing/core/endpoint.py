@@ -4,7 +4,7 @@ What a Twisted transport is, as far as splicing cares.
 C{sosplice()} needs a few facts about each side before it can accept or
 refuse a request: is there a socket under it, of which protocol, is it
 listening, connected, closed, wrapped in TLS?  L{describe} gathers them in
-one place so the checks in L{splicing.splice} read like OpenBSD's.
+one place so the checks in L{splicing.core.splice} read like OpenBSD's.
 """
 
 import socket

@@ -1,9 +1,9 @@
 """
-One worker process of C{twistd splice --workers N}: L{splicing.workers}
-starts it as C{python -m splicing.worker SETUP ARGV...}, SETUP being JSON
+One worker process of C{twistd splice --workers N}: L{splicing.app.workers}
+starts it as C{python -m splicing.app.worker SETUP ARGV...}, SETUP being JSON
 (its index, the master's pid, its inherited sockets by relay) and ARGV the
 master's own C{splice} command line, which it parses again to build the
-same relays.  They serve the inherited sockets (L{splicing.workersockets}).
+same relays.  They serve the inherited sockets (L{splicing.app.workersockets}).
 
 Talking to the master:
 
@@ -12,7 +12,7 @@ Talking to the master:
     end means the master is gone: stop as on SIGTERM;
   - descriptor 3, to the master, one message a line: C{L EVENT} (a
     twisted.logger event as JSON: the worker logs nothing itself),
-    C{M ID SNAPSHOT} (L{splicing.metrics.RelayMetrics.snapshot}), C{R}
+    C{M ID SNAPSHOT} (L{splicing.app.metrics.RelayMetrics.snapshot}), C{R}
     (serving).
 
 SIGTERM stops it as twistd stops the relays (graceful, within
@@ -210,10 +210,10 @@ def main(argv=None):
     globalLogBeginner.beginLoggingTo([channel.logEvent], redirectStandardIO=False)
     atexit.register(channel.flush)
 
-    from splicing import cli
-    from splicing.metrics import RelayMetrics
-    from splicing.service import buildRelays
-    from splicing.workersockets import Inherited
+    from splicing.app import cli
+    from splicing.app.metrics import RelayMetrics
+    from splicing.app.service import buildRelays
+    from splicing.app.workersockets import Inherited
 
     options = cli.Options()
     options.parseOptions(argv[1:])

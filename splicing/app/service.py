@@ -14,7 +14,7 @@ from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
-from splicing.access import formatAddress
+from splicing.relay.access import formatAddress
 
 
 def _exitNow():
@@ -51,7 +51,7 @@ class ListeningService(service.MultiService):
     #: Reactor stand-ins, one per C{listen} entry, that the endpoints listen
     #: through instead of the reactor: in a worker process they adopt the
     #: master's sockets, in the master they bind them for the workers
-    #: (L{splicing.workersockets}).  None: bind and accept here.
+    #: (L{splicing.app.workersockets}).  None: bind and accept here.
     sockets = None
 
     def __init__(self, listen, factory, reactor=None):
@@ -110,7 +110,7 @@ class ListeningService(service.MultiService):
 class RelayService(ListeningService):
     """
     Serves C{listen} (server endpoint strings) with a
-    L{splicing.relay.RelayFactory}.
+    L{splicing.relay.tcp.RelayFactory}.
 
     Stopping (SIGTERM) stops accepting, lets running sessions finish for
     up to C{shutdownTimeout} seconds, then aborts the rest.
@@ -175,7 +175,7 @@ class ConfigService(service.Service):
     sessions go on), changed ones are replaced the same way, unchanged
     ones are untouched.  A file with errors is logged and ignored.
 
-    @param load: a callable returning the parsed file (L{splicing.config.Config}).
+    @param load: a callable returning the parsed file (L{splicing.app.config.Config}).
     @param build: a callable (name, relay) -> IService.
     """
 
@@ -244,7 +244,7 @@ def onSIGHUP(reactor, callback):
 
 def difference(old, new, log):
     """
-    What a reload does to relays by name (L{splicing.config.Relay}s): the
+    What a reload does to relays by name (L{splicing.app.config.Relay}s): the
     names to start and the names to stop (changed ones are both); logged.
     """
     gone = [n for n in old if n not in new or new[n] != old[n]]
@@ -256,11 +256,11 @@ def difference(old, new, log):
 
 def buildRelays(options, metrics, reactor, reloadable=True, adapt=lambda name, svc: svc):
     """
-    The relays of L{splicing.cli.Options} as one service: a L{ConfigService}
+    The relays of L{splicing.app.cli.Options} as one service: a L{ConfigService}
     for a reloadable C{--config}, else a C{MultiService}.  C{adapt(name,
     service)} sees each relay service first (a worker hands it its sockets).
     """
-    from splicing import cli
+    from splicing.app import cli
 
     config = options["relays"]
 
@@ -277,18 +277,18 @@ def buildRelays(options, metrics, reactor, reloadable=True, adapt=lambda name, s
 
 def makeService(options):
     """
-    A C{MultiService} from the command line's L{splicing.cli.Options}: the
+    A C{MultiService} from the command line's L{splicing.app.cli.Options}: the
     relays, or with C{--workers N} (N > 1) the master of N worker processes
-    (L{splicing.workers.WorkerPool}); the metrics endpoint, if asked for.
+    (L{splicing.app.workers.WorkerPool}); the metrics endpoint, if asked for.
     """
-    from splicing.metrics import MetricsService, RelayMetrics
+    from splicing.app.metrics import MetricsService, RelayMetrics
 
     from twisted.internet import reactor
 
     top = service.MultiService()
     config = options["relays"]
     if options.get("workers", 1) > 1:
-        from splicing.workers import WorkerPool
+        from splicing.app.workers import WorkerPool
 
         relays = WorkerPool(options, reactor)
         metrics = relays.metrics

@@ -17,15 +17,15 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from splicing import proxyheader
-from splicing.accepting import exhaustionErrno
-from splicing.access import AllowList, formatAddress
-from splicing.balance import Balancer, Target
-from splicing.fallback import CopyDirection, spliceOrCopy
-from splicing.endpoint import noDelay, shutWrite
-from splicing.errors import SpliceError
-from splicing.result import Reason
-from splicing.sessions import SessionTable
+from splicing.relay import proxyheader
+from splicing.relay.accepting import exhaustionErrno
+from splicing.relay.access import AllowList, formatAddress
+from splicing.relay.balance import Balancer, Target
+from splicing.relay.fallback import CopyDirection, spliceOrCopy
+from splicing.core.endpoint import noDelay, shutWrite
+from splicing.core.errors import SpliceError
+from splicing.core.result import Reason
+from splicing.relay.sessions import SessionTable
 
 
 @implementer(IHalfCloseableProtocol)
@@ -377,16 +377,16 @@ class RelayFactory(Factory):
     Makes L{RelayProtocol}s relaying to C{endpoints} in turn.
 
     @param endpoints: client endpoints of the backends (round-robin with
-        failover), or a L{splicing.balance.Balancer}.
+        failover), or a L{splicing.relay.balance.Balancer}.
     @param backendPath: the splice path, "auto", "kernel", "mbuf" or "transport".
     @param idle: seconds without a byte either way before a session ends (0: never).
     @param halfCloseTimeout: seconds a half-closed session may linger (0: no bound).
     @param sendProxy: None, "v1" or "v2": a PROXY header to send to the backend.
-    @param allow: a L{splicing.access.AllowList} (or CIDR strings), empty for all.
+    @param allow: a L{splicing.relay.access.AllowList} (or CIDR strings), empty for all.
     @param maxSessions: concurrent sessions (0: no cap); when full, the
         listening ports stop accepting and new clients wait in the backlog.
     @param name: the relay's name in logs and metrics.
-    @param metrics: a L{splicing.metrics.RelayMetrics}, or None.
+    @param metrics: a L{splicing.app.metrics.RelayMetrics}, or None.
     """
 
     protocol = RelayProtocol

@@ -12,10 +12,10 @@ import errno
 
 from twisted.internet import defer
 
-from splicing.endpoint import describe
-from splicing.errors import SpliceError
-from splicing.result import Reason, SpliceResult
-from splicing.splice import splice
+from splicing.core.endpoint import describe
+from splicing.core.errors import SpliceError
+from splicing.core.result import Reason, SpliceResult
+from splicing.core.splice import splice
 
 
 def spliceOn(source, drain, path, **kw):
