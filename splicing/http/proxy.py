@@ -16,8 +16,10 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from splicing.relay import proxyheader
 from splicing.relay.access import AllowList, formatAddress
 from splicing.relay.balance import BalancedEndpoint
+from splicing.relay.events import connectFailure, connectionFailure, plural
 from splicing.core.endpoint import noDelay, shutWrite
 from splicing.http.errors import HTTPError
 from splicing.http.flow import CHUNKED, DONE, HEAD, LENGTH, UNTIL_EOF, Flow
@@ -26,9 +28,12 @@ from splicing.app.metrics import Reporter
 from splicing.relay.sessions import SessionTable
 
 
-def _ruleBlock(status, label):
+def _ruleBlock(status, label, verdict):
     e = HTTPError(status, label)
     e.byRule = True
+    rule = verdict.rule
+    where = " %s:%s" % (rule.filename, rule.line) if rule is not None else ""
+    e.why = "blocked by the rule%s (%s)" % (where, label)
     return e
 
 
@@ -53,7 +58,12 @@ class _BackendProtocol(Protocol):
 
     def connectionLost(self, reason):
         if self.proxy is not None:
-            self.proxy.backendEnded()
+            self.proxy.backendEnded(connectionFailure(reason, self.transport))
+
+
+class _BackendFactory(Factory):
+    protocol = _BackendProtocol
+    noisy = False  # no "Starting factory"/"Stopping factory" per backend connection
 
 
 @implementer(IHalfCloseableProtocol)
@@ -61,10 +71,12 @@ class HTTPProxyProtocol(Protocol):
     """One client connection through the proxy."""
 
     log = Logger()
+    why = None  # why the session failed, in words (the log event's "why")
 
     def connectionMade(self):
         self.ended = False
         self.backend = None
+        proxyheader.whenHeaderRejected(self.transport, lambda why: self.factory.rejected(self, why))
         self.transport.pauseProducing()
         self.factory.admit(self)
 
@@ -108,8 +120,9 @@ class HTTPProxyProtocol(Protocol):
 
     def sessionEnded(self, stats):
         self.log.info(
-            "http session ended: {client} {requests} requests, {spliced} bytes spliced, "
-            "{copied} bytes copied, {how}",
+            "http session ended: {client} {requests_text}, {spliced} bytes spliced, "
+            "{copied} bytes copied, {how}" + (": {why}" if stats.get("why") else ""),
+            requests_text=plural(stats["requests"], "request"),
             **stats,
         )
 
@@ -166,7 +179,7 @@ class HTTPProxyProtocol(Protocol):
         if verdict is not None:
             self.logs.extend(verdict.logs)
             if verdict.action == "block":
-                raise _ruleBlock(403, verdict.label or "blocked by a filter rule")
+                raise _ruleBlock(403, verdict.label or "blocked by a filter rule", verdict)
         self.filterRequest(head)
         if self._headTimer is not None and self._headTimer.active():
             self._headTimer.cancel()
@@ -195,7 +208,7 @@ class HTTPProxyProtocol(Protocol):
         if verdict is not None:
             self.logs.extend(verdict.logs)
             if verdict.action == "block":
-                raise _ruleBlock(502, verdict.label or "response blocked by a filter rule")
+                raise _ruleBlock(502, verdict.label or "response blocked by a filter rule", verdict)
         self.filterResponse(request, response)
         self._cancelBackendTimer()
         self.responses.write(response.serialize())
@@ -262,7 +275,7 @@ class HTTPProxyProtocol(Protocol):
     def _connect(self, head, group):
         self.connecting = True
         endpoint = self.chooseEndpoint(head, group)
-        d = endpoint.connect(Factory.forProtocol(_BackendProtocol))
+        d = endpoint.connect(_BackendFactory())
         d.addCallbacks(self._backendConnected, self._backendFailed, errbackArgs=(endpoint,))
 
     def _backendConnected(self, backend):
@@ -282,20 +295,23 @@ class HTTPProxyProtocol(Protocol):
 
     def _backendFailed(self, reason, endpoint):
         self.connecting = False
-        self.log.warn("backend connect failed: {error}", error=reason.getErrorMessage())
+        self.why = "backend connect failed: " + connectFailure(reason)
         if not isinstance(endpoint, BalancedEndpoint):  # a balancer counted each target it tried
             self.factory.report("connectFailed", getattr(endpoint, "description", repr(endpoint)))
         self._sendError(HTTPError(502, "the backend is unreachable"))
 
     def backendInvalid(self, error):
-        self.log.warn("invalid response from the backend: {reason}", reason=error.reason)
         self._sendError(HTTPError(502, "invalid response from the backend: %s" % (error.reason,)))
 
-    def backendEnded(self):
+    def backendEnded(self, tlsFailed=None):
+        """The backend closed (C{tlsFailed}: why its TLS failed, in words, if it did)."""
         if self.ended:
             return
+        if tlsFailed is not None:
+            self.why = "backend TLS failed: " + tlsFailed
         if self.pending and self.responses.state != UNTIL_EOF:
-            self._sendError(HTTPError(502, "the backend closed the connection"))
+            self._sendError(HTTPError(502, "TLS with the backend failed" if tlsFailed else
+                                      "the backend closed the connection"))
         else:
             self.close("backend-closed")
 
@@ -393,6 +409,8 @@ class HTTPProxyProtocol(Protocol):
         if self.ended:
             return
         self.logs.append("%d %s" % (error.status, error.reason))
+        if self.why is None:
+            self.why = getattr(error, "why", None) or error.reason
         if self.factory.returnError or not getattr(error, "byRule", False):
             # relayd: a rule's block is a silent close unless "return error"
             response = errorResponse(error.status, error.reason, close=True)
@@ -435,6 +453,7 @@ class HTTPProxyProtocol(Protocol):
                 "duration": self.factory.reactor.seconds() - self.started,
                 "logs": list(self.logs),
                 "how": how,
+                "why": self.why,
             }
         )
 
@@ -455,6 +474,7 @@ class HTTPProxyFactory(Factory):
 
     protocol = HTTPProxyProtocol
     log = Logger()
+    noisy = False  # no "Starting factory" lines: the relay logs its own start
 
     def __init__(
         self,
@@ -506,6 +526,13 @@ class HTTPProxyFactory(Factory):
     def _targetFailed(self, target, failure):
         """A balancer's attempt failed (it may go on with the next target): counted per target, as TCP's."""
         self.report("connectFailed", target.name)
+
+    def rejected(self, protocol, why):
+        """A C{haproxy:} listener dropped C{protocol}'s client: no valid PROXY header."""
+        protocol.why = why
+        self.log.warn("dropped {client}: {why}", client=formatAddress(protocol.transport.getPeer()), why=why,
+                      relay=self.name)
+        self.report("refused", "proxy-header")
 
     def admit(self, protocol):
         """Start C{protocol}'s session now or when a slot frees; refuse disallowed clients."""
