@@ -252,3 +252,29 @@ def test_haproxy_listener_client_without_header_logged_and_counted(start, origin
     with urllib.request.urlopen("http://%s:%d/" % metrics, timeout=10) as r:
         text = r.read().decode()
     assert 'splicing_refused_total{reason="proxy-header",relay="tcp"} 2.0' in text
+
+
+# -- the words, without sockets -------------------------------------------------
+
+
+def test_plural():
+    from splicing.relay.events import plural
+
+    assert [plural(n, "request") for n in (0, 1, 2)] == ["0 requests", "1 request", "2 requests"]
+
+
+def test_connect_failure_words():
+    from service_identity import VerificationError
+    from service_identity.hazmat import DNS_ID, DNSMismatch
+    from twisted.internet import defer, error
+    from twisted.python.failure import Failure
+
+    from splicing.relay.events import connectFailure, connectionFailure
+
+    assert connectFailure(Failure(error.ConnectionRefusedError())) == "connection refused"
+    assert connectFailure(Failure(defer.TimeoutError()), 3) == "timed out after 3 s"
+    assert connectFailure(Failure(error.DNSLookupError("nx.invalid"))).startswith("host name not found")
+    mismatch = VerificationError(errors=[DNSMismatch(mismatched_id=DNS_ID("backend.example"))])
+    assert connectFailure(Failure(mismatch)) == (
+        "TLS: certificate verify failed: the certificate is not valid for backend.example")
+    assert connectionFailure(Failure(error.ConnectionDone())) is None  # a clean close is no failure
