@@ -19,26 +19,14 @@ import pytest
 
 import procs
 from procs import Backend, connect, recv_all
+from test_cli_lifecycle import start  # noqa: F401 (a fixture: real twistd processes, closed after)
+from test_cli_udp_http import udp_echo  # noqa: F401 (a fixture: a UDP echo on ::1, replies "echo:" + datagram)
 from test_relay_tcp import make_cert
 
 LOCAL = "tcp:0:interface=127.0.0.1"
 #: What Twisted says per port, protocol or factory, which no relay line may be.
 CHATTER = re.compile(r"starting on \d+|Starting protocol|Stopping protocol|Port \d+ Closed|"
                      r"Starting factory|Stopping factory")
-
-
-@pytest.fixture
-def start(tmp_path):
-    started = []
-
-    def run(args, **kw):
-        p = procs.Twistd(tmp_path, args, name="p%d" % len(started), **kw)
-        started.append(p)
-        return p
-
-    yield run
-    for p in started:
-        p.close()
 
 
 def lines(relay):
@@ -60,32 +48,9 @@ def settled(relay, pattern, count, quiet=0.3):
 # -- UDP ----------------------------------------------------------------------
 
 
-@pytest.fixture
-def udp_echo():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    s.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve():
-        while not stop.is_set():
-            try:
-                data, addr = s.recvfrom(65536)
-            except socket.timeout:
-                continue
-            s.sendto(data, addr)
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    yield s.getsockname()[1]
-    stop.set()
-    t.join(2)
-    s.close()
-
-
 def test_udp_clients_one_line_each_and_no_twisted_chatter(start, udp_echo):
     """N clients: exactly N more lines, each a session line; a 1-datagram client reads "1 datagram"."""
-    relay = start(["udp", "--listen", "udp:0:interface=127.0.0.1", "--connect", "udp:127.0.0.1:%d" % udp_echo,
+    relay = start(["udp", "--listen", "udp:0:interface=127.0.0.1", "--connect", "udp:host=\\:\\:1:port=%d" % udp_echo,
                    "--idle", "0.5"])
     (port,) = relay.wait_for(r"UDP relay on 127\.0\.0\.1:(\d+) to")
     before = settled(relay, r"UDP relay on", 1)
@@ -96,7 +61,7 @@ def test_udp_clients_one_line_each_and_no_twisted_chatter(start, udp_echo):
         c.settimeout(5)
         for k in range(1 + i % 2):  # even clients send one datagram, odd ones two
             c.sendto(b"x" * (1 + k), ("127.0.0.1", int(port)))
-            assert c.recv(100) == b"x" * (1 + k)
+            assert c.recv(100) == b"echo:" + b"x" * (1 + k)
         clients.append(c)
     after = settled(relay, r"udp session ended", n)
     for c in clients:
@@ -105,8 +70,8 @@ def test_udp_clients_one_line_each_and_no_twisted_chatter(start, udp_echo):
     assert len(added) == n, "\n".join(added)
     assert all("udp session ended: 127.0.0.1:" in line for line in added), "\n".join(added)
     assert not [line for line in after if CHATTER.search(line)]
-    one = [line for line in added if "1 datagram / 1 byte out, 1 datagram / 1 byte in" in line]
-    two = [line for line in added if "2 datagrams / 3 bytes out, 2 datagrams / 3 bytes in" in line]
+    one = [line for line in added if "1 datagram / 1 byte out, 1 datagram / 6 bytes in" in line]
+    two = [line for line in added if "2 datagrams / 3 bytes out, 2 datagrams / 13 bytes in" in line]
     assert (len(one), len(two)) == (n // 2, n // 2), "\n".join(added)
 
 
