@@ -7,11 +7,9 @@ blocked a request.  Counts read "1 request", "1 datagram", "1 byte".
 """
 
 import http.client
-import http.server
 import re
 import socket
 import ssl
-import threading
 import time
 import urllib.request
 
@@ -20,7 +18,7 @@ import pytest
 import procs
 from procs import Backend, connect, recv_all
 from test_cli_lifecycle import start  # noqa: F401 (a fixture: real twistd processes, closed after)
-from test_cli_udp_http import udp_echo  # noqa: F401 (a fixture: a UDP echo on ::1, replies "echo:" + datagram)
+from test_cli_udp_http import BODY, origin, udp_echo  # noqa: F401 (fixtures: a web server, a UDP echo on ::1)
 from test_relay_tcp import make_cert
 
 LOCAL = "tcp:0:interface=127.0.0.1"
@@ -78,42 +76,24 @@ def test_udp_clients_one_line_each_and_no_twisted_chatter(start, udp_echo):
 # -- HTTP ---------------------------------------------------------------------
 
 
-class _Origin(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self):
-        body = b"hello\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
-def origin():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Origin)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    yield "tcp:host=127.0.0.1:port=%d" % server.server_address[1]
-    server.shutdown()
-    server.server_close()
+def web(origin):
+    """test_cli_udp_http's web server (BODY for every GET), as a --connect string."""
+    return "tcp:host=127.0.0.1:port=%d" % origin.server_address[1]
 
 
-def test_http_backend_connections_log_no_factory_lines(start, origin):
+def test_http_backend_connections_log_no_factory_lines(start, web):
     """Each client connection (its own backend connection) is one line: "1 request", "2 requests"."""
-    relay = start(["http", "--listen", LOCAL, "--connect", origin])
+    relay = start(["http", "--listen", LOCAL, "--connect", web])
     (where,) = relay.listening()["http"]
     before = settled(relay, r"try it", 1)
     for _ in range(4):
         with urllib.request.urlopen("http://%s:%d/" % where, timeout=10) as r:
-            assert r.read() == b"hello\n"
+            assert r.read() == BODY
     c = http.client.HTTPConnection(*where, timeout=10)
     for _ in range(2):
         c.request("GET", "/")
-        assert c.getresponse().read() == b"hello\n"
+        assert c.getresponse().read() == BODY
     c.close()
     after = settled(relay, r"http session ended", 5)
     added = after[len(before):]
@@ -123,10 +103,10 @@ def test_http_backend_connections_log_no_factory_lines(start, origin):
     assert not [line for line in added if CHATTER.search(line)]
 
 
-def test_http_rule_block_says_which_rule(start, origin, tmp_path):
+def test_http_rule_block_says_which_rule(start, web, tmp_path):
     rules = tmp_path / "rules.conf"
     rules.write_text('return error\nblock request path "/admin*" label "no admin pages"\n')
-    relay = start(["http", "--listen", LOCAL, "--connect", origin, "--rules", str(rules)])
+    relay = start(["http", "--listen", LOCAL, "--connect", web, "--rules", str(rules)])
     (where,) = relay.listening()["http"]
     c = http.client.HTTPConnection(*where, timeout=10)
     c.request("GET", "/admin/x")
@@ -198,8 +178,8 @@ def test_refused_backend_is_one_session_line_that_says_so(start):
 # -- PROXY headers ------------------------------------------------------------
 
 
-def test_haproxy_listener_client_without_header_logged_and_counted(start, origin):
-    relay = start(["tcp", "--listen", "haproxy:" + LOCAL, "--connect", origin,
+def test_haproxy_listener_client_without_header_logged_and_counted(start, web):
+    relay = start(["tcp", "--listen", "haproxy:" + LOCAL, "--connect", web,
                    "--metrics", "tcp:0:interface=127.0.0.1"])
     (where,) = relay.listening()["tcp"]
     metrics = procs.address(relay.wait_for(r"metrics http listening on (\S+)")[0])
@@ -209,7 +189,7 @@ def test_haproxy_listener_client_without_header_logged_and_counted(start, origin
             assert recv_all(s) == b""
     with connect(where) as s:  # a client with its header is relayed
         s.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 4321 80\r\nGET / HTTP/1.0\r\n\r\n")
-        assert recv_all(s).endswith(b"hello\n")
+        assert recv_all(s).endswith(BODY)
     relay.wait_for(r"session ended: 192\.0\.2\.7:4321 ")
     dropped = relay.wait_for(r"dropped 127\.0\.0\.1:\d+: (.*)", 2)
     assert dropped == ["PROXY header missing (first bytes b'GET / HTTP/1.0\\r\\n\\r\\n')",
