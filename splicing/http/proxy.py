@@ -19,6 +19,7 @@ from zope.interface import implementer
 from splicing.relay.access import AllowList, formatAddress
 from splicing.relay.balance import BalancedEndpoint
 from splicing.core.endpoint import noDelay, shutWrite
+from splicing.http.closing import Linger, isOpen, reset, writesPending
 from splicing.http.errors import HTTPError
 from splicing.http.flow import CHUNKED, DONE, HEAD, LENGTH, UNTIL_EOF, Flow
 from splicing.http.head import errorResponse, parseRequestHead, parseResponseHead
@@ -39,6 +40,8 @@ class _BackendProtocol(Protocol):
     proxy = None
 
     def dataReceived(self, data):
+        if self.proxy is None:
+            return  # the session is over: bytes a splice gave back go nowhere
         try:
             self.proxy.responses.dataReceived(data)
         except HTTPError as e:
@@ -46,7 +49,9 @@ class _BackendProtocol(Protocol):
             self.proxy.backendInvalid(e)
 
     def readConnectionLost(self):
-        self.proxy.backendEnded()
+        if self.proxy is not None:
+            self.proxy.responses.readEnded()
+            self.proxy.backendEnded()
 
     def writeConnectionLost(self):
         pass
@@ -65,6 +70,7 @@ class HTTPProxyProtocol(Protocol):
     def connectionMade(self):
         self.ended = False
         self.backend = None
+        self.linger = Linger(self.factory.reactor, self.factory.idle)
         self.transport.pauseProducing()
         self.factory.admit(self)
 
@@ -122,6 +128,12 @@ class HTTPProxyProtocol(Protocol):
             self.fail(e)
 
     def readConnectionLost(self):
+        self.requests.readEnded()
+        if self.ended:
+            return
+        if self.requests.state in (LENGTH, CHUNKED):
+            self._requestCut()
+            return
         self.requests.stop()
         if not self.pending and self.backend is not None:
             self.backend.transport.loseConnection()
@@ -139,9 +151,16 @@ class HTTPProxyProtocol(Protocol):
         self.requests.stop()
         self.responses.stop()
         self._cancelTimers()
+        self.linger.cancel()
         if self.backend is not None:
             self.backend.proxy = None
-            self.backend.transport.loseConnection()
+            if not self.ended or writesPending(self.backend.transport):
+                # Nobody is left to answer: reset the origin's connection
+                # rather than wait on writes it may never read.  (An ended
+                # session closed it already, or aborted it: a second close
+                # of an aborted transport asks for write events no handler
+                # serves.)
+                reset(self.backend.transport)
         self._finish("closed")
 
     # -- heads (called by the flows)
@@ -241,14 +260,50 @@ class HTTPProxyProtocol(Protocol):
             self._headTimer = self.factory.reactor.callLater(self.factory.headerTimeout, self._headerTimeout)
 
     def sourceEnded(self, flow):
-        if flow is self.requests:  # the client's half-close inside a tunnel
+        if flow is self.requests and flow.state in (LENGTH, CHUNKED):
+            self._requestCut()
+        elif flow is self.requests:  # the client's half-close inside a tunnel
             if self.backend is not None:
                 shutWrite(self.backend.transport)
         elif flow.state != DONE:
             self.close("backend-eof")
 
     def flowFailed(self, flow, reason, error):
-        self.abort("%s-%s" % (flow.name, reason.name.lower()))
+        how = "%s-%s" % (flow.name, reason.name.lower())
+        if flow is self.responses:
+            self._responseCut(how)
+        else:
+            self.abort(how)
+
+    def _requestCut(self):
+        """
+        The client's EOF came inside a request body: the request can never
+        complete, and no answer is owed.  The origin must not wait for the
+        rest, nor take the part for a request.
+        """
+        self._cut("request-incomplete")
+
+    def _responseCut(self, how):
+        """
+        A response's splice failed: the origin reset or vanished (a TLS
+        origin closing without close_notify looks so), or the client did.
+        What the client was sent is still delivered before its connection
+        closes (a client that is gone is closed by its own error): a
+        close-delimited body ends there, as HTTP defines it; a body with a
+        length or chunks stays short of its end, which tells the client it
+        is incomplete.
+        """
+        self._cut("eof" if self.responses.state == UNTIL_EOF else how)
+
+    def _cut(self, how):
+        """End the session: reset the origin's connection, flush and close the client's."""
+        self._finish(how)
+        self.requests.stop()
+        self.responses.stop()
+        if self.backend is not None:
+            reset(self.backend.transport)
+        self.transport.loseConnection()
+        self.linger.start(self.transport)
 
     def flowError(self, flow, error):
         """Bad framing found while a body was spliced: as if parsed here."""
@@ -294,7 +349,7 @@ class HTTPProxyProtocol(Protocol):
     def backendEnded(self):
         if self.ended:
             return
-        if self.pending and self.responses.state != UNTIL_EOF:
+        if self.pending and self.responses.state == HEAD:
             self._sendError(HTTPError(502, "the backend closed the connection"))
         else:
             self.close("backend-closed")
@@ -406,9 +461,12 @@ class HTTPProxyProtocol(Protocol):
         self._finish(how)
         self.requests.stop()
         self.responses.stop()
-        for t in (self.transport, self.backend.transport if self.backend else None):
-            if t is not None:
+        transports = (self.transport, self.backend.transport if self.backend else None)
+        for t in transports:
+            if t is not None and isOpen(t):
                 t.abortConnection() if abort else t.loseConnection()
+        if not abort:
+            self.linger.start(*transports)
 
     def abort(self, how):
         if not hasattr(self, "requests"):
