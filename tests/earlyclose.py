@@ -24,6 +24,8 @@ import ssl
 import struct
 import time
 
+from procs import recv_all
+
 MiB = 1 << 20
 BIG = 4 * MiB
 SMALL = b"hello"
@@ -229,7 +231,7 @@ def client(where, point, how, tls=None, timeout=5.0):
             got = _responseLength(s)
         elif point in ORIGIN_POINTS:
             s.sendall(_request("/%s-%s" % (point, how)))
-            while True:
+            while True:  # (not recv_all: what came before a reset counts)
                 data = s.recv(65536)
                 if not data:
                     break
@@ -316,12 +318,7 @@ def sessionsActive(metricsWhere, relay):
     s = socket.create_connection(metricsWhere, timeout=5.0)
     try:
         s.sendall(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        data = b""
-        while True:
-            more = s.recv(65536)
-            if not more:
-                break
-            data += more
+        data = recv_all(s)
     finally:
         s.close()
     key = 'splicing_sessions_active{relay="%s"}' % (relay,)
