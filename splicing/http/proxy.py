@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from splicing.relay.access import AllowList, formatAddress
-from splicing.relay.balance import BalancedEndpoint
+from splicing.relay.balance import BalancedEndpoint, NoBackendError, connectFrom
 from splicing.core.endpoint import noDelay, shutWrite
 from splicing.http.errors import HTTPError
 from splicing.http.flow import CHUNKED, DONE, HEAD, LENGTH, UNTIL_EOF, Flow
@@ -262,7 +262,7 @@ class HTTPProxyProtocol(Protocol):
     def _connect(self, head, group):
         self.connecting = True
         endpoint = self.chooseEndpoint(head, group)
-        d = endpoint.connect(Factory.forProtocol(_BackendProtocol))
+        d = connectFrom(endpoint, Factory.forProtocol(_BackendProtocol), self.transport.getPeer())
         d.addCallbacks(self._backendConnected, self._backendFailed, errbackArgs=(endpoint,))
 
     def _backendConnected(self, backend):
@@ -285,6 +285,10 @@ class HTTPProxyProtocol(Protocol):
         self.log.warn("backend connect failed: {error}", error=reason.getErrorMessage())
         if not isinstance(endpoint, BalancedEndpoint):  # a balancer counted each target it tried
             self.factory.report("connectFailed", getattr(endpoint, "description", repr(endpoint)))
+        if reason.check(NoBackendError):
+            self.factory.report("refused", "backends-down")
+            self._sendError(HTTPError(502, "every backend is down"))
+            return
         self._sendError(HTTPError(502, "the backend is unreachable"))
 
     def backendInvalid(self, error):
@@ -337,6 +341,17 @@ class HTTPProxyProtocol(Protocol):
         requests, responses = self.requests, self.responses
         return [("out", "splice", self._spliced(requests)), ("out", "copy", requests.copied),
                 ("in", "splice", self._spliced(responses)), ("in", "copy", responses.copied + self.ownBytes)]
+
+    def status(self):
+        """This running session for a status page: client, backend, bytes each way so far, age, path."""
+        traffic = self.traffic()
+        backend = self.backend.transport.getPeer() if self.backend is not None else None
+        running = [f.splice.backend for f in (self.requests, self.responses) if f.splice is not None]
+        return {"client": formatAddress(self.transport.getPeer()),
+                "backend": formatAddress(backend) if backend is not None else None,
+                "bytes_out": sum(n for way, _, n in traffic if way == "out"),
+                "bytes_in": sum(n for way, _, n in traffic if way == "in"),
+                "age": self.factory.reactor.seconds() - self.started, "path": running[0] if running else None}
 
     def _idleCheck(self):
         """
@@ -455,6 +470,7 @@ class HTTPProxyFactory(Factory):
 
     protocol = HTTPProxyProtocol
     log = Logger()
+    kind = "http"
 
     def __init__(
         self,
@@ -517,6 +533,11 @@ class HTTPProxyFactory(Factory):
             protocol.transport.abortConnection()
             return
         self.table.admit(protocol)
+
+    def backends(self):
+        """The balanced targets of every group, with their state (for status pages and metrics)."""
+        return [target for group in self.groups.values() for endpoint in group
+                if isinstance(endpoint, BalancedEndpoint) for target in endpoint.balancer.targets]
 
     @property
     def returnError(self):
