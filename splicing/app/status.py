@@ -22,7 +22,7 @@ from splicing.relay.access import formatAddress
 REFRESH = 5  # seconds between the browser's reloads of /status
 
 
-def _running(table):
+def running(table):
     """The sessions running in a relay's table (a UDP relay keeps them by client)."""
     active = table.active
     return list(active.values() if isinstance(active, dict) else active)
@@ -35,19 +35,32 @@ def backendStatus(target):
             "connect_errors": target.connectErrors, "why": None if target.up else target.why}
 
 
+def relayOf(service):
+    """
+    What a relay service runs: a L{splicing.app.service.RelayService}'s
+    factory (TCP, HTTP), or the service itself (UDP).  It has C{kind},
+    C{backends()} and a session table (C{table}, or itself): C{active} and
+    C{waiting}, each running session with C{status()} and C{traffic()}.
+    """
+    return getattr(service, "factory", service)
+
+
+def tableOf(relay):
+    return getattr(relay, "table", relay)
+
+
 def describe(name, service):
     """
-    One running relay's status: C{service} is a relay service (a
-    L{splicing.app.service.RelayService} with its factory, or a UDP relay
-    service); listening addresses as bound (a port 0 shows its number).
+    One running relay's status: C{service} is a relay service (see
+    L{relayOf}); listening addresses as bound (a port 0 shows its number).
     """
-    relay = getattr(service, "factory", service)
-    table = getattr(relay, "table", relay)
+    relay = relayOf(service)
+    table = tableOf(relay)
     ports = list(getattr(service, "ports", None) or [p for p in [getattr(service, "port", None)] if p])
     listen = [formatAddress(p.getHost()) for p in ports] or list(_listen(service))
     return {"name": name, "kind": relay.kind, "listen": listen,
             "backends": [backendStatus(t) for t in relay.backends()],
-            "sessions": [s.status() for s in _running(table)], "waiting": len(table.waiting)}
+            "sessions": [s.status() for s in running(table)], "waiting": len(table.waiting)}
 
 
 def _listen(service):
@@ -156,4 +169,4 @@ def renderHTML(doc, now=None, refresh=REFRESH):
     return page.encode("utf-8")
 
 
-__all__ = ["describe", "document", "merge", "renderHTML", "renderJSON", "backendStatus"]
+__all__ = ["describe", "document", "merge", "renderHTML", "renderJSON", "backendStatus", "relayOf", "running"]
