@@ -79,6 +79,13 @@ def _balancer(reactor, options, descriptions):
     return Balancer(targets, reactor, timeout=options["connect-timeout"])
 
 
+def _streamSettings(spec, metrics, reactor):
+    """The keyword arguments every stream relay's factory (TCP, HTTP) takes alike."""
+    options = spec.options
+    return dict(backendPath=options["backend"], idle=options["idle"], allow=options["allow"],
+                maxSessions=options["max-sessions"], name=spec.name, metrics=metrics, reactor=reactor)
+
+
 def _tcpService(spec, metrics, reactor):
     options = spec.options
     if spec.connect:
@@ -89,15 +96,9 @@ def _tcpService(spec, metrics, reactor):
         hint = "curl http://{host}:{port}/"
     factory = RelayFactory(
         balancer,
-        backendPath=options["backend"],
-        idle=options["idle"],
         halfCloseTimeout=options["half-close-timeout"],
         sendProxy=options["send-proxy"],
-        allow=options["allow"],
-        maxSessions=options["max-sessions"],
-        name=spec.name,
-        metrics=metrics,
-        reactor=reactor,
+        **_streamSettings(spec, metrics, reactor),
     )
     return _relayService(spec, factory, origin, hint, reactor)
 
@@ -114,19 +115,13 @@ def _httpService(spec, metrics, reactor):
         default,
         groups={g: [BalancedEndpoint(_balancer(reactor, options, d))] for g, d in groups.items()},
         rules=ruleSet(options, spec.files),
-        backendPath=options["backend"],
         headerLimit=options["header-limit"],
         maxHeaderLines=options["max-header-lines"],
         headerTimeout=options["header-timeout"],
         backendTimeout=options["backend-timeout"],
-        idle=options["idle"],
         allowUpgrade=options["websockets"],
         allowConnect=options["connect-method"],
-        allow=options["allow"],
-        maxSessions=options["max-sessions"],
-        name=spec.name,
-        metrics=metrics,
-        reactor=reactor,
+        **_streamSettings(spec, metrics, reactor),
     )
     return _relayService(spec, factory, origin, "curl http://{host}:{port}/", reactor)
 
