@@ -10,8 +10,11 @@ several relays, or tests, can run in one process without clashing.
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
+from twisted.internet.threads import blockingCallFromThread
+from zope.interface import implementer
 
-from splicing.app.service import ListeningService
+from splicing.interfaces import IRelayMetrics
+from splicing.paths.kernel import pipePool
 
 
 class _LiveCollector:
@@ -28,8 +31,6 @@ class _LiveCollector:
             waiting.add_metric([name], len(table.waiting))
         yield active
         yield waiting
-        from splicing.paths.kernel import pipePool
-
         pool = pipePool()
         for name, value, doc in (("in_use", pool.inUse, "Pipes holding spliced bytes"),
                                  ("idle", pool.idle, "Empty pipes kept for reuse"),
@@ -37,12 +38,13 @@ class _LiveCollector:
             yield GaugeMetricFamily("splicing_pipes_" + name, doc, value=value)
 
 
+@implementer(IRelayMetrics)
 class RelayMetrics:
     """
     The relays' counters: a L{splicing.relay.tcp.RelayFactory}, an
     L{splicing.http.proxy.HTTPProxyFactory} and a
     L{splicing.relay.udp.UDPRelayService} report to it (the last two through a
-    L{Reporter}).  Everything is in C{registry}, so L{snapshot} and
+    L{splicing.relay.report.Reporter}).  Everything is in C{registry}, so L{snapshot} and
     L{combine} carry it from C{--workers}' workers to their master.
     """
 
@@ -102,26 +104,6 @@ class RelayMetrics:
                 for m in self.registry.collect()]
 
 
-class Reporter:
-    """
-    One relay's line to a L{RelayMetrics}, or to none: the relay reports
-    unconditionally, C{report("refused", "allow")}, and its name is added.
-
-    @param table: what L{RelayMetrics.watch} reads the relay's live
-        sessions from, or None.
-    """
-
-    def __init__(self, metrics, relay, table=None):
-        self.metrics = metrics
-        self.relay = relay
-        if metrics is not None and table is not None:
-            metrics.watch(relay, table)
-
-    def __call__(self, event, *args):
-        if self.metrics is not None:
-            getattr(self.metrics, event)(self.relay, *args)
-
-
 def combine(snapshots, kinds=None):
     """
     The sum of L{RelayMetrics.snapshot}s, sample by sample (a C{_created}
@@ -169,8 +151,6 @@ class WorkerMetrics:
 
     def collect(self):
         """Called by the endpoint in a thread of the reactor's pool (prometheus_client's WSGI app)."""
-        from twisted.internet.threads import blockingCallFromThread
-
         snapshots = blockingCallFromThread(self.reactor, self.gather)
         for name, kind, doc, samples in combine([self.retired] + snapshots):
             family = Metric(name, doc, kind)
@@ -179,20 +159,4 @@ class WorkerMetrics:
             yield family
 
 
-class MetricsService(ListeningService):
-    """Serves C{metrics}' registry (at any path) on a server endpoint string."""
-
-    what = "metrics"
-
-    def __init__(self, description, metrics, reactor=None):
-        from prometheus_client.twisted import MetricsResource
-        from twisted.web.server import Site
-
-        site = Site(MetricsResource(metrics.registry))
-        site.name = "http"
-        site.noisy = False
-        ListeningService.__init__(self, [description], site, reactor)
-        self.metrics = metrics
-
-
-__all__ = ["RelayMetrics", "Reporter", "WorkerMetrics", "MetricsService", "combine"]
+__all__ = ["RelayMetrics", "WorkerMetrics", "combine"]

@@ -1,8 +1,11 @@
 """
 Relays as Twisted services, to compose with an application's own services
 in a C{MultiService}: L{RelayService} (one TCP relay, with graceful stop),
-L{ConfigService} (the relays of a TOML file, reloaded on SIGHUP) and
-L{makeService} (what C{twistd splice} runs).
+L{ConfigService} (the relays of a TOML file, reloaded on SIGHUP),
+L{MetricsService} (serves the metrics it is given) and L{relaysService}
+(the relays of a L{splicing.app.spec.Config}).  They take descriptions and
+a function that builds a relay from one; what C{twistd splice} runs is
+L{splicing.app.cli.makeService}.
 """
 
 import atexit
@@ -14,6 +17,7 @@ from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
+from splicing.app import spec
 from splicing.relay.access import formatAddress
 
 
@@ -202,7 +206,7 @@ class ConfigService(service.Service):
         self._previous = onSIGHUP(self.reactor, self.reload)
 
     def _start(self, name, relay):
-        svc = self.build(name, relay)
+        svc = self.build(relay)
         self.relays[name] = (relay, svc)
         svc.startService()
 
@@ -243,62 +247,43 @@ def onSIGHUP(reactor, callback):
 
 
 def difference(old, new, log):
-    """
-    What a reload does to relays by name (L{splicing.app.config.Relay}s): the
-    names to start and the names to stop (changed ones are both); logged.
-    """
-    gone = [n for n in old if n not in new or new[n] != old[n]]
-    fresh = [n for n in new if n not in old or new[n] != old[n]]
+    """L{splicing.app.spec.difference}, logged: the names of relays to start and to stop."""
+    fresh, gone = spec.difference(old, new)
     log.info("reload: start {started}, stop {stopped}, keep {kept}", started=fresh, stopped=gone,
              kept=[n for n in new if n in old and n not in fresh])
     return fresh, gone
 
 
-def buildRelays(options, metrics, reactor, reloadable=True, adapt=lambda name, svc: svc):
+class MetricsService(ListeningService):
+    """Serves C{metrics}' registry (at any path) on a server endpoint string."""
+
+    what = "metrics"
+
+    def __init__(self, description, metrics, reactor=None):
+        # twisted.web and prometheus_client's WSGI bridge: loaded only when metrics are served
+        from prometheus_client.twisted import MetricsResource
+        from twisted.web.server import Site
+
+        site = Site(MetricsResource(metrics.registry))
+        site.name = "http"
+        site.noisy = False
+        ListeningService.__init__(self, [description], site, reactor)
+        self.metrics = metrics
+
+
+def relaysService(config, build, load=None, reactor=None):
     """
-    The relays of L{splicing.app.cli.Options} as one service: a L{ConfigService}
-    for a reloadable C{--config}, else a C{MultiService}.  C{adapt(name,
-    service)} sees each relay service first (a worker hands it its sockets).
+    The relays of C{config} (a L{splicing.app.spec.Config}) as one service,
+    each made by C{build(spec)}: a L{ConfigService} reloaded with C{load}
+    on SIGHUP when there is one, else a C{MultiService}.
     """
-    from splicing.app import cli
-
-    config = options["relays"]
-
-    def build(name, relay):
-        return adapt(name, cli.buildRelay(name, relay, metrics, reactor))
-
-    if options["config"] and reloadable:
-        return ConfigService(options["reload"], build, config, reactor)
+    if load is not None:
+        return ConfigService(load, build, config, reactor)
     top = service.MultiService()
-    for name, relay in config.relays.items():
-        build(name, relay).setServiceParent(top)
+    for relay in config.relays.values():
+        build(relay).setServiceParent(top)
     return top
 
 
-def makeService(options):
-    """
-    A C{MultiService} from the command line's L{splicing.app.cli.Options}: the
-    relays, or with C{--workers N} (N > 1) the master of N worker processes
-    (L{splicing.app.workers.WorkerPool}); the metrics endpoint, if asked for.
-    """
-    from splicing.app.metrics import MetricsService, RelayMetrics
-
-    from twisted.internet import reactor
-
-    top = service.MultiService()
-    config = options["relays"]
-    if options.get("workers", 1) > 1:
-        from splicing.app.workers import WorkerPool
-
-        relays = WorkerPool(options, reactor)
-        metrics = relays.metrics
-    else:
-        metrics = RelayMetrics() if config.metrics else None
-        relays = buildRelays(options, metrics, reactor)
-    if config.metrics:
-        MetricsService(config.metrics, metrics, reactor).setServiceParent(top)
-    relays.setServiceParent(top)
-    return top
-
-
-__all__ = ["ListeningService", "RelayService", "ConfigService", "buildRelays", "makeService"]
+__all__ = ["ListeningService", "RelayService", "ConfigService", "MetricsService", "relaysService",
+           "exitWithFailure", "onSIGHUP"]

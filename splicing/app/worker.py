@@ -1,13 +1,15 @@
 """
 One worker process of C{twistd splice --workers N}: L{splicing.app.workers}
-starts it as C{python -m splicing.app.worker SETUP ARGV...}, SETUP being JSON
-(its index, the master's pid, its inherited sockets by relay) and ARGV the
-master's own C{splice} command line, which it parses again to build the
-same relays.  They serve the inherited sockets (L{splicing.app.workersockets}).
+starts it as C{python -m splicing.app.worker SETUP}, SETUP being JSON (its
+index, the master's pid, its inherited sockets by relay).  The first line
+on descriptor 0 is the description of the relays to run (a
+L{splicing.app.spec.Config} as JSON): it builds them as the master would
+and serves the inherited sockets (L{splicing.app.workersockets}).
 
 Talking to the master:
 
-  - descriptor 0, from the master: C{metrics ID} (answer with a snapshot)
+  - descriptor 0, from the master: the description, then C{metrics ID}
+    (answer with a snapshot)
     and C{retire} (stop accepting, exit once the last session ended); its
     end means the master is gone: stop as on SIGTERM;
   - descriptor 3, to the master, one message a line: C{L EVENT} (a
@@ -34,6 +36,12 @@ from twisted.internet import defer, stdio
 from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger, eventAsJSON, globalLogBeginner
 from twisted.protocols.basic import LineOnlyReceiver
+
+from splicing.app.build import buildRelay
+from splicing.app.metrics import RelayMetrics
+from splicing.app.service import relaysService
+from splicing.app.spec import Config
+from splicing.app.workersockets import Inherited
 
 PR_SET_PDEATHSIG = 1
 COMMANDS, MESSAGES = 0, 3
@@ -192,6 +200,20 @@ class Commands(LineOnlyReceiver):
         self.worker.stop()  # the master is gone
 
 
+def readDescription(fd):
+    """
+    The first line on C{fd} (the master's description), read a byte at a
+    time so that the commands after it stay unread for L{Commands}.
+    """
+    line = bytearray()
+    while not line.endswith(b"\n"):
+        byte = os.read(fd, 1)
+        if not byte:
+            sys.exit(0)  # the master is gone
+        line += byte
+    return Config.fromJSON(json.loads(line.decode("utf-8")))
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     setup = json.loads(argv[0])
@@ -210,16 +232,10 @@ def main(argv=None):
     globalLogBeginner.beginLoggingTo([channel.logEvent], redirectStandardIO=False)
     atexit.register(channel.flush)
 
-    from splicing.app import cli
-    from splicing.app.metrics import RelayMetrics
-    from splicing.app.service import buildRelays
-    from splicing.app.workersockets import Inherited
-
-    options = cli.Options()
-    options.parseOptions(argv[1:])
-    metrics = RelayMetrics() if options["relays"].metrics else None
+    config = readDescription(COMMANDS)
+    metrics = RelayMetrics() if config.metrics else None
     inherited = Inherited(reactor, {name: [tuple(s) for s in sockets] for name, sockets in setup["sockets"].items()})
-    relays = buildRelays(options, metrics, reactor, reloadable=False, adapt=inherited.attach)
+    relays = relaysService(config, lambda spec: inherited.attach(spec.name, buildRelay(spec, metrics, reactor)))
     worker = Worker(setup["index"], relays, metrics, channel, reactor)
     stdio.StandardIO(Commands(worker), stdin=COMMANDS, stdout=1)
     reactor.callWhenRunning(worker.start)

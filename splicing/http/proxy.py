@@ -22,7 +22,8 @@ from splicing.core.endpoint import noDelay, shutWrite
 from splicing.http.errors import HTTPError
 from splicing.http.flow import CHUNKED, DONE, HEAD, LENGTH, UNTIL_EOF, Flow
 from splicing.http.head import errorResponse, parseRequestHead, parseResponseHead
-from splicing.app.metrics import Reporter
+from splicing.http.rules import Context
+from splicing.relay.report import Reporter
 from splicing.relay.sessions import SessionTable
 
 
@@ -465,7 +466,7 @@ class HTTPProxyFactory(Factory):
     @param idle: seconds without a byte either way before a session ends
         (0: never); a request body stalled that long gets 408.
     @param name: the relay's name in logs and metrics.
-    @param metrics: a L{splicing.app.metrics.RelayMetrics}, or None.
+    @param metrics: an L{splicing.interfaces.IRelayMetrics}, or None.
     """
 
     protocol = HTTPProxyProtocol
@@ -554,8 +555,6 @@ class HTTPProxyFactory(Factory):
     def newContext(self, transport):
         if self.rules is None:
             return None
-        from splicing.http.rules import Context
-
         peer, host = transport.getPeer(), transport.getHost()
         return Context(
             remoteAddr=getattr(peer, "host", ""),

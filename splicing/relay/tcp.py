@@ -403,7 +403,7 @@ class RelayFactory(Factory):
     @param maxSessions: concurrent sessions (0: no cap); when full, the
         listening ports stop accepting and new clients wait in the backlog.
     @param name: the relay's name in logs and metrics.
-    @param metrics: a L{splicing.app.metrics.RelayMetrics}, or None.
+    @param metrics: an L{splicing.interfaces.IRelayMetrics}, or None.
     """
 
     protocol = RelayProtocol

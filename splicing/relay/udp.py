@@ -22,8 +22,8 @@ from twisted.application import service
 from twisted.internet import abstract, defer, protocol
 from twisted.logger import Logger
 
-from splicing.app.metrics import Reporter
 from splicing.relay.balance import Target
+from splicing.relay.report import Reporter
 from splicing.relay.udpsession import ReusePort, Session, formatAddress
 
 __all__ = ["UDPRelayService", "parseUDPListen", "parseUDPConnect"]
@@ -172,7 +172,7 @@ class UDPRelayService(service.Service):
     splices), C{datagramsOut}/C{bytesOut} (clients to backend, "out" as in
     the TCP relay's logs) and C{datagramsIn}/C{bytesIn} (backend to clients).
 
-    With C{metrics} (a L{splicing.app.metrics.RelayMetrics}) it reports as
+    With C{metrics} (an L{splicing.interfaces.IRelayMetrics}) it reports as
     C{relay=name}: each session's end and bytes, and the sessions running.
     """
 
