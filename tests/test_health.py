@@ -250,7 +250,7 @@ def test_send_expect_against_a_line_server(start):
     relay = start(["tcp", "--listen", LOCAL, "--connect", echo.tcp, "--connect", line.tcp,
                    "--check", "send 'PING\\n' expect PONG"] + FAST)
     where = listening(relay)
-    relay.wait_for(r"backend %s down: expected 'PONG', got 'PING\\n'" % echo.address)
+    relay.wait_for(r"backend %s down: expected 'PONG', got 'PING\\n' within 0.5s" % echo.address)
     for _ in range(6):
         with connect(where) as s:
             s.sendall(b"PING\n")

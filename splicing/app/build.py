@@ -13,6 +13,7 @@ from splicing.app.service import RelayService
 from splicing.http.proxy import HTTPProxyFactory
 from splicing.http.rules import parseRules, shorthandRules
 from splicing.relay.balance import BalancedEndpoint, Balancer, Target, clientFromString
+from splicing.relay.checks import HealthChecks, parseCheck
 from splicing.relay.tcp import RelayFactory
 from splicing.relay.udp import UDPRelayService
 
@@ -65,18 +66,26 @@ def _demo(reactor):
 
 
 def _relayService(spec, factory, origin, hint, reactor):
-    """A stream relay's service, with the demo origin as its child when there is one."""
+    """
+    A stream relay's service, with its children: the demo origin when
+    there is one, then the backends' health checks when asked for (both
+    start before the relay listens and stop after its last session).
+    """
     relay = RelayService(spec.listen, factory, hint=hint, reactor=reactor,
                          shutdownTimeout=spec.options["shutdown-timeout"])
     if origin is not None:
         origin.setServiceParent(relay)
+    options = spec.options
+    if options["check"] is not None:
+        HealthChecks(factory.backends(), parseCheck(options["check"]), interval=options["check-interval"],
+                     timeout=options["check-timeout"], relay=spec.name, reactor=reactor).setServiceParent(relay)
     return relay
 
 
 def _balancer(reactor, options, descriptions):
-    """Round-robin with failover over C{descriptions} (client endpoint strings)."""
+    """C{--balance}'s policy, with failover, over C{descriptions} (client endpoint strings)."""
     targets = [Target(clientFromString(reactor, c), c) for c in descriptions]
-    return Balancer(targets, reactor, timeout=options["connect-timeout"])
+    return Balancer(targets, reactor, timeout=options["connect-timeout"], policy=options["balance"])
 
 
 def _streamSettings(spec, metrics, reactor):
@@ -136,8 +145,15 @@ BUILDERS = {"tcp": _tcpService, "http": _httpService, "udp": _udpService}
 
 
 def buildRelay(spec, metrics, reactor):
-    """The IService that runs C{spec} (a L{splicing.app.spec.RelaySpec}), reporting to C{metrics}."""
-    return BUILDERS[spec.kind](spec, metrics, reactor)
+    """
+    The IService that runs C{spec} (a L{splicing.app.spec.RelaySpec}),
+    reporting to C{metrics} (a L{splicing.app.metrics.RelayMetrics}, which
+    also reads its backends and sessions for the status page).
+    """
+    relay = BUILDERS[spec.kind](spec, metrics, reactor)
+    if metrics is not None:
+        metrics.watchRelay(spec.name, relay)
+    return relay
 
 
 __all__ = ["buildRelay", "parseGroups", "ruleSet", "BUILDERS"]

@@ -24,9 +24,9 @@ from splicing.app.service import MetricsService, relaysService
 from splicing.app.spec import Config, RelaySpec
 from splicing.app.workers import WorkerPool
 from splicing.http.rulesyntax import RuleError
-from splicing.relay import proxyheader, udp
+from splicing.relay import checks, proxyheader, udp
 from splicing.relay.access import parseNetwork
-from splicing.relay.balance import clientFromString
+from splicing.relay.balance import POLICIES, clientFromString
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 
@@ -88,6 +88,13 @@ class _StreamOptions(_Shared):
         ["backend", None, "auto", "Splice path: auto, kernel, mbuf or transport."],
         ["idle", None, 600.0, "End a session after this many seconds without a byte either way (0: never).",
          _number("idle")],
+        ["balance", None, "roundrobin", "How each session's backend is chosen: " + ", ".join(POLICIES) + "."],
+        ["check", None, None, "Check the backends actively: tcp, 'http /PATH [code N]' or "
+         "'send STRING expect STRING'; a failing one leaves the rotation."],
+        ["check-interval", None, checks.DEFAULT_INTERVAL, "Seconds between two checks of a backend.",
+         _number("check-interval", float, 0.05)],
+        ["check-timeout", None, checks.DEFAULT_TIMEOUT, "Seconds a check may take before it fails.",
+         _number("check-timeout", float, 0.01)],
     ]
 
     def __init__(self):
@@ -111,6 +118,13 @@ class _StreamOptions(_Shared):
                 parseNetwork(network)
             except ValueError as e:
                 raise usage.UsageError("--allow %s" % (e,))
+        if self["balance"] not in POLICIES:
+            raise usage.UsageError("--balance must be one of %s, not %r" % (", ".join(POLICIES), self["balance"]))
+        if self["check"] is not None:
+            try:
+                checks.parseCheck(self["check"])
+            except ValueError as e:
+                raise usage.UsageError("--check %s" % (e,))
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
         for description in self["listen"]:

@@ -255,19 +255,20 @@ def difference(old, new, log):
 
 
 class MetricsService(ListeningService):
-    """Serves C{metrics}' registry (at any path) on a server endpoint string."""
+    """
+    Serves C{metrics} (a L{splicing.app.metrics.RelayMetrics} or
+    L{splicing.app.metrics.WorkerMetrics}) on a server endpoint string:
+    Prometheus metrics at any path, the status page at C{/status} and
+    C{/status.json} (L{splicing.app.web}).
+    """
 
     what = "metrics"
 
     def __init__(self, description, metrics, reactor=None):
-        # twisted.web and prometheus_client's WSGI bridge: loaded only when metrics are served
-        from prometheus_client.twisted import MetricsResource
-        from twisted.web.server import Site
+        # twisted.web: loaded only when metrics are served
+        from splicing.app.web import site
 
-        site = Site(MetricsResource(metrics.registry))
-        site.name = "http"
-        site.noisy = False
-        ListeningService.__init__(self, [description], site, reactor)
+        ListeningService.__init__(self, [description], site(metrics), reactor)
         self.metrics = metrics
 
 

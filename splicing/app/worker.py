@@ -9,12 +9,13 @@ and serves the inherited sockets (L{splicing.app.workersockets}).
 Talking to the master:
 
   - descriptor 0, from the master: the description, then C{metrics ID}
-    (answer with a snapshot)
-    and C{retire} (stop accepting, exit once the last session ended); its
+    (answer with a snapshot), C{status ID} (answer with the status page's
+    document) and C{retire} (stop accepting, exit once the last session ended); its
     end means the master is gone: stop as on SIGTERM;
   - descriptor 3, to the master, one message a line: C{L EVENT} (a
     twisted.logger event as JSON: the worker logs nothing itself),
-    C{M ID SNAPSHOT} (L{splicing.app.metrics.RelayMetrics.snapshot}), C{R}
+    C{M ID SNAPSHOT} (L{splicing.app.metrics.RelayMetrics.snapshot}),
+    C{S ID DOCUMENT} (L{splicing.app.metrics.RelayMetrics.status}), C{R}
     (serving).
 
 SIGTERM stops it as twistd stops the relays (graceful, within
@@ -162,6 +163,10 @@ class Worker:
         snapshot = self.metrics.snapshot() if self.metrics is not None else []
         self.channel.send("M", ident, json.dumps(snapshot, separators=(",", ":")))
 
+    def reportStatus(self, ident):
+        doc = self.metrics.status() if self.metrics is not None else {"relays": []}
+        self.channel.send("S", ident, json.dumps(doc, separators=(",", ":")))
+
     def retire(self):
         """The master replaced this worker: stop accepting, exit once every session ended."""
         self.log.info("worker {worker} retiring: exits when its last session ended", worker=self.index)
@@ -193,6 +198,8 @@ class Commands(LineOnlyReceiver):
         words = line.decode("ascii", "replace").split()
         if words[:1] == ["metrics"] and len(words) == 2:
             self.worker.report(words[1])
+        elif words[:1] == ["status"] and len(words) == 2:
+            self.worker.reportStatus(words[1])
         elif words == ["retire"]:
             self.worker.retire()
 

@@ -133,12 +133,14 @@ class WorkerProcess(protocol.ProcessProtocol):
         kind, _, rest = line.partition(b" ")
         if kind in (b"E", b"L"):
             self.pool.publish(self, kind, rest)
-        elif kind == b"M":
+        elif kind in (b"M", b"S"):
             ident, _, data = rest.partition(b" ")
-            self.snapshot = json.loads(data)
+            answer = json.loads(data)
+            if kind == b"M":
+                self.snapshot = answer
             d = self._waiting.pop(ident, None)
             if d is not None:
-                d.callback(self.snapshot)
+                d.callback(answer)
         elif kind == b"R":
             self.ready = True
             self.pool.workerReady(self)
@@ -157,14 +159,22 @@ class WorkerProcess(protocol.ProcessProtocol):
 
     def metrics(self):
         """A Deferred snapshot: fresh, or the last one if it does not answer in time."""
+        return self.ask(b"metrics", lambda: self.snapshot)
+
+    def status(self):
+        """A Deferred status document (L{splicing.app.status}); an empty one if it does not answer in time."""
+        return self.ask(b"status", lambda: {"relays": []})
+
+    def ask(self, command, otherwise):
+        """A Deferred answer to C{command}, or C{otherwise()} after L{METRICS_TIMEOUT} seconds."""
         self._asked += 1
         ident = b"%d" % (self._asked,)
         d = self._waiting[ident] = defer.Deferred()
-        self.send(b"metrics " + ident)
+        self.send(command + b" " + ident)
 
         def late(result, timeout):
             self._waiting.pop(ident, None)
-            return self.snapshot
+            return otherwise()
 
         return d.addTimeout(METRICS_TIMEOUT, self.pool.reactor, onTimeoutCancel=late)
 
@@ -176,7 +186,7 @@ class WorkerProcess(protocol.ProcessProtocol):
         self.pool.workerEnded(self, reason)
         waiting, self._waiting = list(self._waiting.values()), {}
         for d in waiting:
-            d.callback([])  # its counters are among the retired ones now
+            d.callback([])  # its counters are among the retired ones now (and an empty status merges to none)
 
 
 class WorkerPool(service.MultiService):
@@ -286,9 +296,9 @@ class WorkerPool(service.MultiService):
         event["log_system"] = "worker %d %s" % (worker.index, system)
         globalLogPublisher(event)
 
-    def gatherMetrics(self):
-        """A Deferred list of every running worker's snapshot."""
-        return defer.gatherResults([w.metrics() for w in self.processes])
+    def gatherMetrics(self, what="metrics"):
+        """A Deferred list of every running worker's snapshot (C{what}: "metrics") or status document ("status")."""
+        return defer.gatherResults([getattr(w, what)() for w in self.processes])
 
     # -- ends and restarts
 

@@ -19,7 +19,7 @@ import re
 import shlex
 
 from twisted.application import service
-from twisted.internet import defer, task
+from twisted.internet import defer, error, task
 from twisted.internet.interfaces import IHandshakeListener, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -150,6 +150,9 @@ class TCPCheck:
     def lost(self, why):
         return False, why or "connection closed"
 
+    def timedOut(self, seconds):
+        return False, "no answer within %gs" % (seconds,)
+
 
 class HTTPCheck:
     """A GET of C{path}: passes on status C{code}, or any 2xx or 3xx when C{code} is None."""
@@ -182,6 +185,11 @@ class HTTPCheck:
 
     def lost(self, why):
         return False, "closed before a status line" + (": %s" % why if why else "")
+
+    def timedOut(self, seconds):
+        if not self.buffer:
+            return False, "no answer within %gs" % (seconds,)
+        return False, "no status line within %gs" % (seconds,)
 
 
 class ExpectCheck:
@@ -218,6 +226,11 @@ class ExpectCheck:
 
     def lost(self, why):
         return False, self._mismatch() + (" (%s)" % why if why else "")
+
+    def timedOut(self, seconds):
+        if not self.buffer:
+            return False, "no answer within %gs" % (seconds,)
+        return False, "%s within %gs" % (self._mismatch(), seconds)
 
 
 # -- the probe over a connection
@@ -264,8 +277,8 @@ def probe(check, endpoint, reactor, timeout):
         d.addTimeout(timeout, reactor)
 
     def failed(f):
-        if f.check(defer.TimeoutError, defer.CancelledError):
-            return False, "no answer within %gs" % (timeout,)
+        if f.check(defer.TimeoutError, defer.CancelledError, error.ConnectingCancelledError):
+            return check.timedOut(timeout)
         return False, f.getErrorMessage()
 
     return d.addErrback(failed)
