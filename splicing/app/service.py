@@ -18,6 +18,7 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
 from splicing.app import spec
+from splicing.app.web import site
 from splicing.relay.access import formatAddress
 
 
@@ -265,9 +266,6 @@ class MetricsService(ListeningService):
     what = "metrics"
 
     def __init__(self, description, metrics, reactor=None):
-        # twisted.web: loaded only when metrics are served
-        from splicing.app.web import site
-
         ListeningService.__init__(self, [description], site(metrics), reactor)
         self.metrics = metrics
 
