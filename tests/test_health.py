@@ -10,7 +10,6 @@ are refused at once (the TCP relay closes, the HTTP proxy answers 502).
 import os
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import threading

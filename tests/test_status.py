@@ -13,27 +13,14 @@ import socket
 import urllib.request
 from html.parser import HTMLParser
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import procs
-from procs import Backend, Twistd, connect, recv_all
+from procs import Backend, connect, recv_all
 from test_cli_udp_http import udp_echo  # noqa: F401 (a fixture)
+from test_health import start  # noqa: F401 (a fixture)
 
 LOCAL = "tcp:0:interface=127.0.0.1"
-
-
-@pytest.fixture
-def start(tmp_path):
-    made = []
-
-    def start(args, name="relay"):
-        made.append(Twistd(tmp_path, args, name=name))
-        return made[-1]
-
-    yield start
-    for relay in made:
-        relay.close()
 
 
 def get(where, path):
