@@ -10,14 +10,14 @@ every description carries them.
 """
 
 import dataclasses
+import os
 import sys
 
 from twisted.application import service
-from twisted.internet import endpoints
 from twisted.python import usage
 
 from splicing import paths
-from splicing.app import config as configfile
+from splicing.app import config as configfile, validation
 from splicing.app.build import buildRelay, parseGroups, ruleSet
 from splicing.app.metrics import RelayMetrics
 from splicing.app.service import MetricsService, relaysService
@@ -26,7 +26,7 @@ from splicing.app.workers import WorkerPool
 from splicing.http.rulesyntax import RuleError
 from splicing.relay import checks, proxyheader, udp
 from splicing.relay.access import parseNetwork
-from splicing.relay.balance import POLICIES, clientFromString
+from splicing.relay.balance import POLICIES
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 
@@ -38,13 +38,22 @@ def _number(name, kind=float, minimum=0):
         try:
             number = kind(value)
         except (TypeError, ValueError):
-            raise usage.UsageError("--%s takes a number, not %r" % (name, value))
+            whole = " whole" if kind is int and _isNumber(value) else ""
+            raise usage.UsageError("--%s takes a%s number, not %r" % (name, whole, value))
         if not number >= minimum or number == float("inf"):
             raise usage.UsageError("--%s must be a finite number >= %s, not %r" % (name, minimum, value))
         return number
 
     parse.coerceDoc = ""
     return parse
+
+
+def _isNumber(value):
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _repeatable(key, doc):
@@ -234,20 +243,20 @@ class UDPOptions(_Shared):
         self._checkMetrics()
 
 
-def _check(option, description, parse):
-    """Parse an endpoint string now, so a bad one is a usage error naming the option."""
+def _checkServer(option, description):
+    """Parse a server endpoint string now, so a bad one is a usage error naming the option."""
     try:
-        parse(_reactor(), description)
-    except (ValueError, TypeError, KeyError) as e:
+        validation.checkServer(_reactor(), description)
+    except validation.EndpointError as e:
         raise usage.UsageError("--%s %s: %s" % (option, description, e))
 
 
-def _checkServer(option, description):
-    _check(option, description, endpoints.serverFromString)
-
-
 def _checkClient(option, description):
-    _check(option, description, clientFromString)
+    """Parse a client endpoint string now, so a bad one is a usage error naming the option."""
+    try:
+        validation.checkClient(_reactor(), description)
+    except validation.EndpointError as e:
+        raise usage.UsageError("--%s %s: %s" % (option, description, e))
 
 
 _WORKERS = ["workers", None, None, "Serve from N processes sharing the listening sockets (default 1).",
@@ -273,6 +282,21 @@ def _onCommandLine(options):
     return _commandLineClasses[options]
 
 
+def _program():
+    """twistd or twist, as the user typed it (not its full path)."""
+    name = os.path.basename(sys.argv[0]) if sys.argv else ""
+    if name in ("twistd", "twist"):
+        return name
+    return "twist" if name == "__main__.py" else "twistd"
+
+
+def _errorLine(options, error):
+    """The one line a usage error prints: where, what, and where the full help is."""
+    command = "%s splice" % (_program(),)
+    helpCommand = command + (" " + options.subCommand if getattr(options, "subCommand", None) else "")
+    return "%s: error: %s (see '%s --help')" % (command, error, helpCommand)
+
+
 class Options(usage.Options):
     """
     C{twistd splice}'s options.  Once parsed, C{self["relays"]} is the
@@ -290,9 +314,21 @@ class Options(usage.Options):
         return [[kind, None, _onCommandLine(options), doc] for kind, (options, doc) in sorted(RELAYS.items())]
 
     def parseOptions(self, options=None):
-        """Parse C{options}, kept as C{argv} to parse again on SIGHUP."""
+        """
+        What twistd and twist call: bad input ends the process with status 1
+        and one line (they would print the whole usage before it, or a
+        traceback for anything but a C{usage.UsageError}).
+        """
+        try:
+            self.parse(options)
+        except usage.UsageError as e:
+            raise SystemExit(_errorLine(self, e))
+
+    def parse(self, options=None):
+        """Parse C{options}, kept as C{argv} to parse again on SIGHUP.  Raises C{usage.UsageError}."""
         self.argv = list(sys.argv[1:] if options is None else options)
         usage.Options.parseOptions(self, options)
+
 
     def postOptions(self):
         sub = getattr(self, "subOptions", None) or {}
@@ -309,7 +345,7 @@ class Options(usage.Options):
             except configfile.ConfigError as e:
                 raise usage.UsageError(str(e))
         elif self.subCommand is None:
-            raise usage.UsageError("choose a relay: tcp, udp or http (see --help), or --config FILE")
+            raise usage.UsageError("choose a relay: tcp, udp or http, or --config FILE")
         else:
             relay = RelaySpec.fromOptions(self.subCommand, self.subCommand, self.subOptions,
                                           getattr(self.subOptions, "files", {}))
@@ -331,7 +367,7 @@ def _commandLineLoader(argv):
 
     def load():
         options = Options()
-        options.parseOptions(argv)
+        options.parse(argv)
         return options["relays"]
 
     return load
