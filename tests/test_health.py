@@ -299,7 +299,21 @@ def test_balance_option_and_config_keys(start, tmp_path):
         echo_session(where, 100 + n)
     relay.wait_for(r"session ended: ", 6)
     assert len(set(relay.wait_for(r"-> (127\.0\.0\.1:\d+): \d+ bytes out"))) == 1
-    code, out = procs.run_twistd(["tcp", "--connect", a.tcp, "--balance", "leastconn"])
-    assert code == 1 and "--balance must be one of roundrobin, random, source-hash, least-connections" in out
-    code, out = procs.run_twistd(["tcp", "--connect", a.tcp, "--check", "http health"])
-    assert code == 1 and "--check" in out and "needs a path starting with '/'" in out
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["tcp", "--balance", "leastconn"], "--balance must be one of roundrobin, random, source-hash, least-connections,"
+                                        " not 'leastconn'"),
+    (["http", "--check", "http health"], "--check 'http health': an http check needs a path starting with '/'"),
+    (["tcp", "--check", "send PING"], "--check 'send PING': expected 'send STRING expect STRING'"),
+    (["tcp", "--check", "ping"], "--check 'ping': expected tcp, 'http /PATH [code N]' or 'send STRING expect STRING'"),
+    (["tcp", "--check-interval", "0"], "--check-interval must be a finite number >= 0.05, not '0'"),
+    (["tcp", "--check-timeout", "soon"], "--check-timeout takes a number, not 'soon'"),
+    (["--config", "{tmp}/bad.toml"], "bad.toml:3: relay web: --check 'http': an http check needs a path"),
+])
+def test_bad_check_and_balance_values_are_one_line(tmp_path, args, expected):
+    (tmp_path / "bad.toml").write_text('[relay.web]\nlisten = "%s"\ncheck = "http"\n' % LOCAL)
+    code, out = procs.run_twistd([a.format(tmp=tmp_path) for a in args])
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert code == 1 and len(lines) <= 2 and "Traceback" not in out, out
+    assert expected.format(tmp=tmp_path) in lines[-1], out

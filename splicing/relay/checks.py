@@ -105,7 +105,7 @@ def parseCheck(text):
         return _parseHTTP(text, words[1:])
     if words[:1] == ["send"]:
         return _parseExpect(text, words[1:])
-    raise ValueError("expected %s, not %r" % (_SYNTAX, text))
+    raise ValueError("%r: expected %s" % (text, _SYNTAX))
 
 
 def _parseHTTP(text, words):
