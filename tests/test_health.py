@@ -8,6 +8,7 @@ are refused at once (the TCP relay closes, the HTTP proxy answers 502).
 """
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -317,3 +318,13 @@ def test_bad_check_and_balance_values_are_one_line(tmp_path, args, expected):
     lines = [line for line in out.splitlines() if line.strip()]
     assert code == 1 and len(lines) <= 2 and "Traceback" not in out, out
     assert expected.format(tmp=tmp_path) in lines[-1], out
+
+
+def test_workers_log_a_change_once(start):
+    """Two workers check the same dead backend, each for itself: the master's log says it once."""
+    relay = start(["tcp", "--workers", "2", "--listen", LOCAL, "--connect", "tcp:host=127.0.0.1:port=%d"
+                   % procs.free_port(), "--check", "tcp", "--check-interval", "0.1"])
+    relay.wait_for(r"worker \d+ started", 2)
+    relay.wait_for(r"\[worker \d splicing\.relay\.checks\.HealthChecks#warn\] backend 127\.0\.0\.1:\d+ down: ")
+    time.sleep(1.0)  # ten rounds of both workers' checks
+    assert len(re.findall(r"backend 127\.0\.0\.1:\d+ down: ", relay.text())) == 1

@@ -18,7 +18,9 @@ master binds (L{splicing.app.workersockets}); the master accepts nothing itself.
     accepting and exit when their last session ended.  Sockets whose
     listener did not change are kept: no client is refused meanwhile.
   - Logs: each worker's twisted.logger events appear in the master's log
-    with the fields C{worker} (its index) and C{worker_pid}.
+    with the fields C{worker} (its index) and C{worker_pid}.  Each worker
+    checks the backends (C{--check}) for itself; a backend's change of
+    state is logged once, by the first worker that saw it.
   - Metrics: the sum of the workers' (L{splicing.app.metrics.WorkerMetrics}).
 
 No worker outlives the master: the kernel sends them SIGTERM when it dies
@@ -214,6 +216,7 @@ class WorkerPool(service.MultiService):
         self.processes = set()
         self.restarts = {}
         self.failures = {}
+        self.backendStates = {}  # (relay, address) -> the last "up" or "down" logged
         self.stopping = None
         self._previous = None
 
@@ -242,6 +245,7 @@ class WorkerPool(service.MultiService):
 
     def spawnGeneration(self):
         self.generation += 1
+        self.backendStates.clear()  # new workers start with every backend up: their changes are news
         for call in self.restarts.values():
             call.cancel()
         self.restarts.clear()
@@ -288,6 +292,8 @@ class WorkerPool(service.MultiService):
                 _unflatten(event)
         except (ValueError, KeyError):
             return
+        if self._sameBackendState(event):
+            return
         event["worker"], event["worker_pid"] = worker.index, worker.pid
         system = event.get("log_system")
         if system is None:
@@ -295,6 +301,21 @@ class WorkerPool(service.MultiService):
             system = "%s#%s" % (event.get("log_namespace", "-"), level.name if level is not None else "-")
         event["log_system"] = "worker %d %s" % (worker.index, system)
         globalLogPublisher(event)
+
+    def _sameBackendState(self, event):
+        """
+        Whether C{event} is a backend's change of state (L{splicing.relay.checks})
+        that another worker already reported: each worker checks for
+        itself, the log says each change once.
+        """
+        state = event.get("state")
+        if state not in ("up", "down") or "address" not in event:
+            return False
+        key = (event.get("relay"), event["address"])
+        if self.backendStates.get(key) == state:
+            return True
+        self.backendStates[key] = state
+        return False
 
     def gatherMetrics(self, what="metrics"):
         """A Deferred list of every running worker's snapshot (C{what}: "metrics") or status document ("status")."""

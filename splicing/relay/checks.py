@@ -343,8 +343,10 @@ class HealthChecks(service.Service):
         target.lastCheck = self.reactor.seconds()
         if not self.running:
             return
+        if ok:
+            target.downUntil = 0.0  # a passing check is fresher news than a client's failed connect
         if ok and not target.up:
-            target.up, target.why, target.downUntil = True, None, 0.0
+            target.up, target.why = True, None
             self.log.info("backend {address} up: {why}", address=target.address, target=target.name,
                           relay=self.relay, why=why, state="up")
         elif not ok:
