@@ -65,8 +65,10 @@ def feed(check, data):
 
 
 def test_http_check_request_and_statuses():
-    check = HTTPCheck("/health", None, "example.org")
-    assert check.request.startswith(b"GET /health HTTP/1.1\r\nHost: example.org\r\n")
+    check = HTTPCheck("/health", None, "example.org:8080")
+    assert check.request.startswith(b"GET /health HTTP/1.1\r\nHost: example.org:8080\r\n")
+    assert b"Host: xn--bcher-kva.example:80\r\n" in HTTPCheck("/", None, "b\u00fccher.example:80").request
+    assert b"Host: [::1]:80\r\n" in HTTPCheck("/", None, "[::1]:80").request
     assert check.request.endswith(b"\r\n\r\n") and b"Connection: close" in check.request
     assert check.connected() is None
     assert feed(check, b"HTTP/1.1 204 No Content\r\n") == (True, "status 204")

@@ -77,7 +77,7 @@ class CheckSpec:
         return "<CheckSpec %s>" % (" ".join(repr(v) for v in self._key() if v not in (None, b"")),)
 
     def probe(self, host):
-        """A fresh sans-IO probe of this kind; C{host} goes in an HTTP check's Host header."""
+        """A fresh sans-IO probe of this kind; C{host} ("HOST[:PORT]") goes in an HTTP check's Host header."""
         if self.kind == "tcp":
             return TCPCheck()
         if self.kind == "http":
@@ -163,7 +163,7 @@ class HTTPCheck:
         self.code = code
         self.buffer = b""
         self.request = (b"GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: splicing-check\r\nConnection: close\r\n\r\n"
-                        % (path.encode("ascii"), host.encode("idna") if host else b"localhost"))
+                        % (path.encode("ascii"), _hostHeader(host)))
 
     def connected(self):
         return None
@@ -190,6 +190,17 @@ class HTTPCheck:
         if not self.buffer:
             return False, "no answer within %gs" % (seconds,)
         return False, "no status line within %gs" % (seconds,)
+
+
+def _hostHeader(host):
+    """C{host} for a Host header: ASCII as it is, an internationalized name in IDNA, "localhost" if none."""
+    if not host:
+        return b"localhost"
+    try:
+        return host.encode("ascii")
+    except UnicodeEncodeError:
+        name, colon, port = host.rpartition(":") if host.rpartition(":")[2].isdigit() else (host, "", "")
+        return name.encode("idna") + colon.encode() + port.encode()
 
 
 class ExpectCheck:
@@ -257,8 +268,7 @@ class ProbeProtocol(Protocol):
         self._conclude(self.check.feed(data))
 
     def connectionLost(self, reason):
-        why = reason.getErrorMessage()
-        self._conclude(self.check.lost(None if "cleanly" in why else why))
+        self._conclude(self.check.lost(None if reason.check(error.ConnectionDone) else reason.getErrorMessage()))
 
     def _conclude(self, verdict):
         if verdict is None or self.verdict.called:
@@ -329,7 +339,7 @@ class HealthChecks(service.Service):
                 self.checkOne(target)
 
     def checkOne(self, target):
-        host = target.address.rsplit(":", 1)[0].strip("[]") if ":" in target.address else target.address
+        host = "localhost" if target.address.startswith("unix:") else target.address  # what curl would send
         d = self.inFlight[target] = probe(self.spec.probe(host), target.endpoint, self.reactor, self.timeout)
         d.addCallback(lambda verdict: self.record(target, *verdict))
         d.addBoth(self._probed, target)
