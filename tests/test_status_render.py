@@ -99,3 +99,59 @@ def test_html_escapes_everything_from_outside():
     got = parse(page)
     assert got.h2 == ["%s (tcp) on %s" % (evil, evil)]
     assert evil in got.cells
+
+
+# -- the endpoint's resource, with Twisted's request stand-in
+
+
+def served(source, path, method=b"GET"):
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from splicing.app.web import EndpointResource
+
+    request = DummyRequest(path.lstrip(b"/").split(b"/"))
+    request.path, request.method = path, method
+    EndpointResource(source).render(request)
+    assert request.finished
+    return request.responseCode or 200, request.responseHeaders.getRawHeaders(b"content-type"), b"".join(
+        request.written)
+
+
+class Source:
+    def __init__(self, fail=False):
+        from prometheus_client import CollectorRegistry, Counter
+
+        self.fail, self.registry = fail, CollectorRegistry()
+        Counter("things", "Things", registry=self.registry).inc(3)
+
+    def collector(self):
+        return self.registry
+
+    def status(self):
+        if self.fail:
+            raise RuntimeError("broken")
+        return {"relays": [relay()]}
+
+
+def test_endpoint_paths():
+    code, kind, body = served(Source(), b"/status.json")
+    assert (code, kind) == (200, [b"application/json"]) and json.loads(body)["relays"][0]["name"] == "web"
+    code, kind, body = served(Source(), b"/status")
+    assert kind == [b"text/html; charset=utf-8"] and b"<h2>web (tcp) on 127.0.0.1:8080</h2>" in body
+    for path in (b"/metrics", b"/", b"/anything"):
+        code, kind, body = served(Source(), path)
+        assert kind[0].startswith(b"text/plain") and b"things_total 3.0" in body
+    assert served(Source(), b"/status", method=b"HEAD")[2] == b""
+
+
+def test_endpoint_failure_is_a_500_and_logged():
+    from twisted.logger import globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        code, kind, body = served(Source(fail=True), b"/status.json")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert code == 500 and b"could not read its metrics" in body
+    assert any(e.get("log_failure") is not None and e["log_failure"].check(RuntimeError) for e in events)

@@ -43,7 +43,9 @@ class EndpointResource(Resource):
             encoder, contentType = choose_encoder(request.getHeader("accept"))
             work = defer.maybeDeferred(self.source.collector).addCallback(
                 lambda collector: (contentType, encoder(collector)))
-        work.addCallbacks(self._send, self._failed, (request,), errbackArgs=(request,))
+        gone = []
+        request.notifyFinish().addErrback(gone.append)  # the client left before the answer
+        work.addCallbacks(self._send, self._failed, (request, gone), errbackArgs=(request, gone))
         return NOT_DONE_YET
 
     def render_HEAD(self, request):
@@ -57,9 +59,9 @@ class EndpointResource(Resource):
     def _json(doc):
         return "application/json", status.renderJSON(doc)
 
-    def _send(self, result, request):
+    def _send(self, result, request, gone):
         contentType, body = result
-        if request._disconnected:
+        if gone:
             return
         request.setHeader("content-type", contentType)
         request.setHeader("cache-control", "no-store")
@@ -68,9 +70,9 @@ class EndpointResource(Resource):
             request.write(body)
         request.finish()
 
-    def _failed(self, reason, request):
+    def _failed(self, reason, request, gone):
         self.log.failure("the metrics endpoint could not answer {path}", reason, path=request.path)
-        if not request._disconnected:
+        if not gone:
             request.setResponseCode(500)
             request.setHeader("content-type", "text/plain; charset=utf-8")
             request.write(b"the relay could not read its metrics; see its log\n")
