@@ -328,3 +328,24 @@ def test_workers_log_a_change_once(start):
     relay.wait_for(r"\[worker \d splicing\.relay\.checks\.HealthChecks#warn\] backend 127\.0\.0\.1:\d+ down: ")
     time.sleep(1.0)  # ten rounds of both workers' checks
     assert len(re.findall(r"backend 127\.0\.0\.1:\d+ down: ", relay.text())) == 1
+
+
+def test_reload_stops_the_retired_relays_checks(start, tmp_path):
+    """SIGHUP replaces a changed relay: its old checks stop with it (no double checks, no stale log lines)."""
+    backend = procs.Backend(procs.echo)
+    try:
+        config = tmp_path / "relays.toml"
+        text = '[relay.web]\nlisten = "%s"\nconnect = "%s"\ncheck = "tcp"\ncheck-interval = %s\n'
+        config.write_text(text % (LOCAL, backend.tcp, 0.05))
+        relay = start(["--config", str(config)])
+        relay.listening()
+        wait_until(lambda: backend.accepted >= 10)  # twenty checks a second
+        config.write_text(text % (LOCAL, backend.tcp, 2))
+        relay.signal(signal.SIGHUP)
+        relay.wait_for(r"reload: start \['web'\], stop \['web'\]")
+        time.sleep(0.3)
+        before = backend.accepted
+        time.sleep(1.0)
+        assert backend.accepted - before <= 1  # the new relay's, every 2 s; not the old one's twenty
+    finally:
+        backend.close()

@@ -139,11 +139,18 @@ class RelayService(ListeningService):
             self.log.info("try it: {command}", command=self.hint.format(host=host, port=address.port))
 
     def stopAccepting(self):
-        """Stop accepting new clients; running sessions go on."""
+        """
+        Stop accepting new clients; running sessions go on.  Helpers that
+        serve only new sessions (C{whileAccepting}: health checks) stop
+        too: a retired relay checks no backend and logs no change.
+        """
         table = self.factory.table
         table.accepting = False
         for port in self.ports:
             table.removePort(port)
+        for child in list(self):
+            if getattr(child, "whileAccepting", False) and child.running:
+                child.stopService()
         return self.stopListening()
 
     def retire(self):

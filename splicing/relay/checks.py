@@ -305,6 +305,8 @@ class HealthChecks(service.Service):
     """
 
     log = Logger()
+    #: Only new sessions need it: a relay that stops accepting stops it.
+    whileAccepting = True
 
     def __init__(self, targets, spec, interval=DEFAULT_INTERVAL, timeout=DEFAULT_TIMEOUT, relay="", reactor=None):
         if reactor is None:
