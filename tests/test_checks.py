@@ -208,6 +208,10 @@ def test_policies():
         client = IPv4Address("TCP", host, 1000)
         first = names(source, 1, client)
         assert names(source, 3, IPv4Address("TCP", host, 2000)) == first * 3  # the port does not matter
+    from twisted.internet.address import IPv6Address
+
+    mapped = IPv6Address("TCP", "::ffff:192.0.2.1", 1)
+    assert names(source, 1, mapped) == names(source, 1, IPv4Address("TCP", "192.0.2.1", 1))
     spread = {names(source, 1, IPv4Address("TCP", "10.0.0.%d" % i, 1))[0] for i in range(40)}
     assert spread == {"a", "b", "c"}
     rand = Balancer(targets(), clock, policy="random")

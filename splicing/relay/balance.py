@@ -123,9 +123,15 @@ class Target:
 
 
 def _sourceKey(client):
-    """The bytes source-hash hashes: the client's host (its port changes per connection)."""
-    host = getattr(client, "host", client)
-    return str(host if host is not None else "").encode("utf-8", "replace")
+    """
+    The bytes source-hash hashes: the client's host (its port changes per
+    connection), an IPv4-mapped address as the IPv4 one (a dual-stack
+    listener sees both).
+    """
+    host = str(getattr(client, "host", client) or "")
+    if host.lower().startswith("::ffff:") and "." in host:
+        host = host[7:]
+    return host.encode("utf-8", "replace")
 
 
 class Balancer:
