@@ -37,7 +37,7 @@ def test_merge_workers():
     assert backend == {"address": "10.0.0.1:80", "name": "tcp:host=10.0.0.1:port=80", "up": False,
                        "last_check": 105.0, "sessions": 2, "connect_errors": 2, "why": "refused"}
     assert one["relays"][0]["backends"][0]["sessions"] == 1  # inputs untouched
-    assert merge([]) == {"relays": []}
+    assert merge([]) == merge([[], {"relays": []}]) == {"relays": []}  # [] : a worker that ended while asked
 
 
 def test_json_round_trips():

@@ -82,6 +82,8 @@ def merge(documents):
     """
     relays = {}
     for doc in documents:
+        if not doc:
+            continue  # a worker that ended while asked
         for relay in doc.get("relays", []):
             into = relays.get(relay["name"])
             if into is None:
