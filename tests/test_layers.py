@@ -47,7 +47,7 @@ LAYERS = {
 #: optional dependency or to keep a start-up cost off the path that does not need it.
 #: None today: every module of the package imports the package's modules at
 #: its top.  (The reactor imports inside functions are Twisted's, not the
-#: package's, so not counted: twistd installs the reactor it was asked for
+#: package's, so not counted: twist installs the reactor it was asked for
 #: after it imported the plugin's modules.)  An entry looks like
 #: C{("splicing.app.x", "splicing.relay.y"): "optional: needs libfoo"}.
 IN_FUNCTION = {}

@@ -66,7 +66,7 @@ def _repeatable(key, doc):
 
 
 def _reactor():
-    # twistd installs the reactor it was asked for after importing this module
+    # twist installs the reactor it was asked for after importing this module
     from twisted.internet import reactor
 
     return reactor
