@@ -65,6 +65,8 @@ CASES = {
                                  ["--listen", "the private key and the certificate do not match"], []),
     "trust-roots-missing": ("twistd", ["tcp", "--listen", LOCAL, "--connect", "tls:localhost:1:trustRoots=/nonexistent/ca"],
                             ["--connect", "trustRoots=/nonexistent/ca"], []),
+    "systemd": ("twistd", ["tcp", "--listen", "systemd:domain=INET:index=7"],
+                ["--listen systemd:domain=INET:index=7", "systemd passed no socket"], ["list index"]),
     "group": ("twistd", ["http", "--group", "api=tcp:host=h"], ["--group", "missing port"], []),
     "udp": ("twist", ["udp", "--listen", "udp:x", "--connect", "udp:host=127.0.0.1:port=53"], ["--listen udp:x"], []),
     "config-missing": ("twistd", ["--config", "{tmp}/missing.toml"], ["missing.toml", "No such file"], []),

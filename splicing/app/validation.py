@@ -105,6 +105,8 @@ def explain(error, description, server):
     if isinstance(error, (crypto.Error, SSL.Error)):
         return _tlsFiles(description) or "the TLS key and certificate do not go together (%s)" % (error,)
     text = str(error)
+    if description.startswith("systemd:") and isinstance(error, (IndexError, KeyError)):
+        return "systemd passed no socket with that index or name (socket activation: LISTEN_FDS, LISTEN_FDNAMES)"
     if "keys do not match" in text:
         return "the private key and the certificate do not match: give the key the certificate was issued for"
     unknown = re.match(r"Unknown endpoint type: '(.*)'", text)
