@@ -7,19 +7,32 @@ traceback.  ``--help`` stays the full help.
 """
 
 import concurrent.futures
+import datetime
 import subprocess
 
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 import procs
 
 
-def _key(path):
+def _key(path, encryption=serialization.NoEncryption()):
     key = ec.generate_private_key(ec.SECP256R1())
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption))
+    return key
+
+
+def _certificate(path, key):
+    """A self-signed certificate for C{key}."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
 LOCAL = "tcp:0:interface=127.0.0.1"  # should a case be accepted, it listens on no fixed port
@@ -46,8 +59,14 @@ CASES = {
                     ["--listen", "privateKey={tmp}/junk.pem does not hold a PEM private key"], []),
     "key-without-certificate": ("twistd", ["tcp", "--listen", "ssl:0:privateKey={tmp}/key.pem"],
                                 ["--listen", "certKey={tmp}/key.pem does not hold a PEM certificate"], []),
+    "key-encrypted": ("twistd", ["tcp", "--listen", "ssl:0:privateKey={tmp}/encrypted.pem:certKey={tmp}/cert.pem"],
+                      ["--listen", "privateKey={tmp}/encrypted.pem is encrypted"], ["pass phrase"]),
+    "key-certificate-mismatch": ("twist", ["tcp", "--listen", "ssl:0:privateKey={tmp}/key.pem:certKey={tmp}/cert.pem"],
+                                 ["--listen", "the private key and the certificate do not match"], []),
     "trust-roots-missing": ("twistd", ["tcp", "--listen", LOCAL, "--connect", "tls:localhost:1:trustRoots=/nonexistent/ca"],
                             ["--connect", "trustRoots=/nonexistent/ca"], []),
+    "systemd": ("twistd", ["tcp", "--listen", "systemd:domain=INET:index=7"],
+                ["--listen systemd:domain=INET:index=7", "systemd passed no socket"], ["list index"]),
     "group": ("twistd", ["http", "--group", "api=tcp:host=h"], ["--group", "missing port"], []),
     "udp": ("twist", ["udp", "--listen", "udp:x", "--connect", "udp:host=127.0.0.1:port=53"], ["--listen udp:x"], []),
     "config-missing": ("twistd", ["--config", "{tmp}/missing.toml"], ["missing.toml", "No such file"], []),
@@ -64,6 +83,7 @@ def results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("errors")
     (tmp / "junk.pem").write_text("not a key\n")
     _key(tmp / "key.pem")
+    _certificate(tmp / "cert.pem", _key(tmp / "encrypted.pem", serialization.BestAvailableEncryption(b"secret")))
     (tmp / "bad.toml").write_text('[relay.web]\nlisten = "tcp:0"\nidle = "soon"\n')
     (tmp / "tls.toml").write_text('[relay.web]\nlisten = "ssl:0:privateKey=/nonexistent/key.pem"\n')
     (tmp / "rules.txt").write_text('block request path "/a*"\nblock request bogus\n')

@@ -45,11 +45,12 @@ LAYERS = {
 
 #: The in-function imports allowed, (module, imported module): each for an
 #: optional dependency or to keep a start-up cost off the path that does not need it.
-IN_FUNCTION = {
-    # twistd installs the reactor it was asked for before it imports the
-    # plugin's modules: importing the global reactor at import time would
-    # install the default one first.  Not counted: it is not the package's.
-}
+#: None today: every module of the package imports the package's modules at
+#: its top.  (The reactor imports inside functions are Twisted's, not the
+#: package's, so not counted: twist installs the reactor it was asked for
+#: after it imported the plugin's modules.)  An entry looks like
+#: C{("splicing.app.x", "splicing.relay.y"): "optional: needs libfoo"}.
+IN_FUNCTION = {}
 
 
 def modules():

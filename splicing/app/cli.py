@@ -67,7 +67,7 @@ def _repeatable(key, doc):
 
 
 def _reactor():
-    # twistd installs the reactor it was asked for after importing this module
+    # twist installs the reactor it was asked for after importing this module
     from twisted.internet import reactor
 
     return reactor
@@ -243,20 +243,20 @@ class UDPOptions(_Shared):
         self._checkMetrics()
 
 
-def _checkServer(option, description):
-    """Parse a server endpoint string now, so a bad one is a usage error naming the option."""
+def _checkEndpoint(check, option, description):
+    """Parse an endpoint string now, so a bad one is a usage error naming the option."""
     try:
-        validation.checkServer(_reactor(), description)
+        check(_reactor(), description)
     except validation.EndpointError as e:
         raise usage.UsageError("--%s %s: %s" % (option, description, e))
+
+
+def _checkServer(option, description):
+    _checkEndpoint(validation.checkServer, option, description)
 
 
 def _checkClient(option, description):
-    """Parse a client endpoint string now, so a bad one is a usage error naming the option."""
-    try:
-        validation.checkClient(_reactor(), description)
-    except validation.EndpointError as e:
-        raise usage.UsageError("--%s %s: %s" % (option, description, e))
+    _checkEndpoint(validation.checkClient, option, description)
 
 
 _WORKERS = ["workers", None, None, "Serve from N processes sharing the listening sockets (default 1).",

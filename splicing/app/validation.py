@@ -10,6 +10,8 @@ import errno
 import os
 import re
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 from twisted.internet import endpoints
 from twisted.python.filepath import UnlistableError
@@ -70,14 +72,20 @@ def _tlsFiles(description):
     _, named = _fields(description)
     if description.startswith("ssl:") and "privateKey" in named:
         named.setdefault("certKey", named["privateKey"])  # as Twisted reads them
-    loaders = {"privateKey": crypto.load_privatekey, "certKey": crypto.load_certificate,
-               "certificate": crypto.load_certificate}
+    loaders = {"privateKey": lambda data: serialization.load_pem_private_key(data, None),
+               "certKey": x509.load_pem_x509_certificate, "certificate": x509.load_pem_x509_certificate}
     for name, load in loaders.items():
         if name in named:
             try:
                 with open(named[name], "rb") as f:
-                    load(crypto.FILETYPE_PEM, f.read())
-            except (OSError, crypto.Error):
+                    data = f.read()
+            except OSError:
+                continue  # said as Twisted meets it (L{explain})
+            try:
+                load(data)
+            except TypeError:
+                return "%s=%s is encrypted: give an unencrypted PEM private key" % (name, named[name])
+            except ValueError:
                 return "%s=%s does not hold %s" % (name, named[name], _FILES[name])
     return None
 
@@ -97,6 +105,10 @@ def explain(error, description, server):
     if isinstance(error, (crypto.Error, SSL.Error)):
         return _tlsFiles(description) or "the TLS key and certificate do not go together (%s)" % (error,)
     text = str(error)
+    if description.startswith("systemd:") and isinstance(error, (IndexError, KeyError)):
+        return "systemd passed no socket with that index or name (socket activation: LISTEN_FDS, LISTEN_FDNAMES)"
+    if "keys do not match" in text:
+        return "the private key and the certificate do not match: give the key the certificate was issued for"
     unknown = re.match(r"Unknown endpoint type: '(.*)'", text)
     if unknown:
         return "unknown endpoint type %r: expected e.g. %s" % (unknown.group(1), example)
@@ -113,6 +125,10 @@ def explain(error, description, server):
 
 
 def _check(reactor, description, parse, server):
+    # the files first: OpenSSL would ask for an encrypted key's pass phrase on the terminal
+    problem = _tlsFiles(description)
+    if problem is not None:
+        raise EndpointError(problem)
     try:
         parse(reactor, description)
     except Exception as e:  # whatever Twisted, the OS or OpenSSL raise for a bad string
