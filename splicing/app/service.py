@@ -14,6 +14,7 @@ from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
+from splicing.relay import alpn
 from splicing.relay.access import formatAddress
 
 
@@ -71,8 +72,8 @@ class ListeningService(service.MultiService):
             d.addCallbacks(self._listening, self._failed, errbackArgs=(description,))
 
     def endpoint(self, reactor, description):
-        """The server endpoint C{description} names (a hook)."""
-        return endpoints.serverFromString(reactor, description)
+        """The server endpoint C{description} names (a hook); TLS ones answer ALPN (L{alpn.repair})."""
+        return alpn.repair(endpoints.serverFromString(reactor, description))
 
     def _listening(self, port):
         if not self.running:
