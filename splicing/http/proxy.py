@@ -11,7 +11,7 @@ L{HTTPProxyProtocol.chooseEndpoint}) beside or instead of the rules.
 
 from collections import deque
 
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocolNegotiationFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -439,9 +439,11 @@ class HTTPProxyProtocol(Protocol):
         )
 
 
+@implementer(IProtocolNegotiationFactory)
 class HTTPProxyFactory(Factory):
     """
-    Makes L{HTTPProxyProtocol}s.
+    Makes L{HTTPProxyProtocol}s.  Over TLS it selects ALPN C{http/1.1}
+    (L{splicing.relay.alpn}): a client that offers h2 too speaks HTTP/1.1 here.
 
     @param endpoints: client endpoints of the default backend (round-robin).
     @param groups: named backend groups for rules' C{forward to <group>}:
@@ -502,6 +504,10 @@ class HTTPProxyFactory(Factory):
                 if isinstance(endpoint, BalancedEndpoint):
                     endpoint.balancer.onFailure = self._targetFailed
         self._next = {}
+
+    def acceptableProtocols(self):
+        """ALPN: the one protocol the proxy speaks."""
+        return [b"http/1.1"]
 
     def _targetFailed(self, target, failure):
         """A balancer's attempt failed (it may go on with the next target): counted per target, as TCP's."""
