@@ -468,9 +468,10 @@ def requests(draw):
     lines = [("Host", draw(st.sampled_from(["example.com", "a.b:8080", "[::1]", "10.0.0.1:1"])))]
     lines += draw(fields)
     body = draw(st.sampled_from(["", "length", "chunked"] if version == "HTTP/1.1" else ["", "length"]))
-    if body == "length" and method != "TRACE":
+    bodyless = method in ("TRACE", "GET", "HEAD", "COPY", "MOVE")  # refused with a body (CL.0)
+    if body == "length" and not bodyless:
         lines.append(("Content-Length", str(draw(st.integers(0, 2**63 - 1)))))
-    elif body == "chunked" and method != "TRACE":
+    elif body == "chunked" and not bodyless:
         lines.append(("Transfer-Encoding", "chunked"))
     text = "%s %s %s\r\n" % (method, target, version) + "".join("%s: %s\r\n" % f for f in lines) + "\r\n"
     return text.encode("latin-1")

@@ -155,6 +155,7 @@ class HTTPProxyProtocol(Protocol):
     def _request(self, data):
         f = self.factory
         head = parseRequestHead(data)
+        head.dropUpgrade(b"h2c")  # HTTP/2 would hide later requests from the rules: refused, as nginx does
         if head.upgrade and not f.allowUpgrade:
             raise HTTPError(403, "protocol upgrade (%s) is not allowed here" % (head.upgrade,))
         if head.isConnect and not f.allowConnect:
