@@ -124,6 +124,10 @@ class TCPOptions(_StreamOptions):
             raise usage.UsageError("--send-proxy must be v1 or v2, not %r" % (self["send-proxy"],))
 
 
+#: --error-pages: RuleSet.errorPages
+_ERROR_PAGES = {"auto": None, "on": True, "off": False}
+
+
 class HTTPOptions(_StreamOptions):
     synopsis = "--listen ENDPOINT [--connect ENDPOINT ...] [--rules FILE] [options]"
     longdesc = (
@@ -144,6 +148,9 @@ class HTTPOptions(_StreamOptions):
          _number("header-timeout")],
         ["backend-timeout", None, 60.0, "Seconds the backend may take to answer (504 after).",
          _number("backend-timeout")],
+        ["error-pages", None, "auto", "What a request blocked by a rule gets: auto (the shorthands such as "
+         "--block-path answer 403; a rules file answers only if it says 'return error', as relayd), "
+         "on (always an error page) or off (the connection is closed)."],
     ]
 
     def __init__(self):
@@ -186,6 +193,9 @@ class HTTPOptions(_StreamOptions):
             rules.checkGroups(list(groups))
         except RuleError as e:
             raise usage.UsageError(str(e))
+        if self["error-pages"] not in _ERROR_PAGES:
+            raise usage.UsageError("--error-pages must be auto, on or off, not %r" % (self["error-pages"],))
+        rules.errorPages = _ERROR_PAGES[self["error-pages"]]
         self["ruleset"] = rules if len(rules) or rules.returnError else None
 
 

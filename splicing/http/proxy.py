@@ -26,9 +26,10 @@ from splicing.app.metrics import Reporter
 from splicing.relay.sessions import SessionTable
 
 
-def _ruleBlock(status, label):
+def _ruleBlock(status, label, answer):
+    """A block by the rules; without C{answer} the connection just closes (relayd without C{return error})."""
     e = HTTPError(status, label)
-    e.byRule = True
+    e.silent = not answer
     return e
 
 
@@ -167,7 +168,7 @@ class HTTPProxyProtocol(Protocol):
         if verdict is not None:
             self.logs.extend(verdict.logs)
             if verdict.action == "block":
-                raise _ruleBlock(403, verdict.label or "blocked by a filter rule")
+                raise _ruleBlock(403, verdict.label or "blocked by a filter rule", f.rules.answers(verdict))
         self.filterRequest(head)
         if self._headTimer is not None and self._headTimer.active():
             self._headTimer.cancel()
@@ -196,7 +197,8 @@ class HTTPProxyProtocol(Protocol):
         if verdict is not None:
             self.logs.extend(verdict.logs)
             if verdict.action == "block":
-                raise _ruleBlock(502, verdict.label or "response blocked by a filter rule")
+                raise _ruleBlock(502, verdict.label or "response blocked by a filter rule",
+                                 self.factory.rules.answers(verdict))
         self.filterResponse(request, response)
         self._cancelBackendTimer()
         self.responses.write(response.serialize())
@@ -394,8 +396,7 @@ class HTTPProxyProtocol(Protocol):
         if self.ended:
             return
         self.logs.append("%d %s" % (error.status, error.reason))
-        if self.factory.returnError or not getattr(error, "byRule", False):
-            # relayd: a rule's block is a silent close unless "return error"
+        if not getattr(error, "silent", False):
             response = errorResponse(error.status, error.reason, close=True)
             self.ownBytes += len(response)
             self.factory.report("httpResponse", error.status)
@@ -524,10 +525,6 @@ class HTTPProxyFactory(Factory):
             protocol.transport.abortConnection()
             return
         self.table.admit(protocol)
-
-    @property
-    def returnError(self):
-        return self.rules is not None and self.rules.returnError
 
     def endpointFor(self, group):
         endpoints = self.groups.get(group)

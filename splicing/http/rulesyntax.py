@@ -144,6 +144,9 @@ class Rule:
         self.label = self.tag = self.tagged = self.method = None
         self.noLabel = self.noTag = False
         self.clauses = []
+        #: a block it decides answers with an error page even without
+        #: C{return error} (the command-line shorthands)
+        self.errorPage = False
 
     def __repr__(self):
         return "<Rule %s:%s %s>" % (self.filename, self.line, self.text)
