@@ -109,8 +109,8 @@ class HTTPProxyProtocol(Protocol):
 
     def sessionEnded(self, stats):
         self.log.info(
-            "http session ended: {client} {requests} requests, {spliced} bytes spliced, "
-            "{copied} bytes copied, {how}",
+            "http session ended: {client} -> {backend}: {requests} requests, {bytes_out} bytes out, "
+            "{bytes_in} bytes in, {spliced} bytes spliced, {copied} bytes copied, {how}",
             **stats,
         )
 
@@ -425,20 +425,37 @@ class HTTPProxyProtocol(Protocol):
         self.factory.table.release(self)
         self._cancelTimers()
         self.factory.report("ended", how, self.traffic())
-        peer = self.transport.getPeer()
-        self.sessionEnded(
-            {
-                "client": "%s:%s" % (getattr(peer, "host", peer), getattr(peer, "port", "")),
-                "requests": self.count,
-                "spliced": self.requests.spliced + self.responses.spliced,
-                "copied": self.requests.copied + self.responses.copied,
-                "spliced_in": self.requests.spliced,
-                "spliced_out": self.responses.spliced,
-                "duration": self.factory.reactor.seconds() - self.started,
-                "logs": list(self.logs),
-                "how": how,
-            }
-        )
+        self.sessionEnded(self.statistics(how))
+
+    def statistics(self, how):
+        """
+        The session event's fields.  C{bytes_out}/C{bytes_in}: every byte
+        each way (requests / responses, the proxy's own error pages among
+        them), the metrics' "out"/"in" (L{traffic}); C{spliced_in} and
+        C{spliced_out}: the body bytes spliced from the client and from the
+        backend.  A splice still running (a tunnel's other direction when
+        one side closed it) counts with what it moved.
+        """
+        counts = {}
+        for direction, path, n in self.traffic():
+            counts[direction] = counts.get(direction, 0) + n
+        backend = self.backend.transport.getPeer() if self.backend is not None else None
+        fromClient, fromBackend = self._spliced(self.requests), self._spliced(self.responses)
+        return {
+            "relay": self.factory.name,
+            "client": formatAddress(self.transport.getPeer()),
+            "backend": formatAddress(backend) if backend is not None else None,
+            "requests": self.count,
+            "bytes_out": counts["out"],
+            "bytes_in": counts["in"],
+            "spliced": fromClient + fromBackend,
+            "copied": self.requests.copied + self.responses.copied,
+            "spliced_in": fromClient,
+            "spliced_out": fromBackend,
+            "duration": self.factory.reactor.seconds() - self.started,
+            "logs": list(self.logs),
+            "how": how,
+        }
 
 
 @implementer(IProtocolNegotiationFactory)
