@@ -124,11 +124,24 @@ def start(tmp_path, args, name="relay", count=1, tool="twistd"):
     """A ``twistd splice`` process and its listening addresses, in order."""
     relay = procs.Twistd(tmp_path, args, name=name, tool=tool)
     try:
+        if tool == "twist":  # a JSON log
+            return relay, [procs.address(e["address"]) for e in listening_events(relay, "relay", count)]
         found = relay.listening(count)
     except BaseException:
         relay.close()
         raise
     return relay, [a for addresses in found.values() for a in addresses]
+
+
+def listening_events(relay, what, count=1):
+    """The "{what} {name} listening on {address}" events of a ``twist`` process."""
+    deadline = time.monotonic() + procs.TIMEOUT
+    while True:
+        found = [e for e in relay.events() if e.get("what") == what and "address" in e]
+        if len(found) >= count or time.monotonic() > deadline or relay.proc.poll() is not None:
+            assert len(found) >= count, relay.text()
+            return found
+        time.sleep(0.05)
 
 
 def no_traceback(relay):
@@ -252,3 +265,310 @@ def test_tls_origin_and_twisted_web_origin_through_tls_listener(tmp_path, certs)
         web.kill()
         web.wait(procs.TIMEOUT)
         tls_origin.close()
+
+
+# -- plain HTTP: one proxy process per test -------------------------------------
+
+
+PLAIN = "tcp:0:interface=127.0.0.1"
+
+
+def proxy(tmp_path, origin_tcp, *options, tool="twistd"):
+    return start(tmp_path, ["http", "--listen", PLAIN, "--connect", origin_tcp, *options], tool=tool)
+
+
+def read_response(sock):
+    """(status line, {field: value}, body, raw bytes) of one Content-Length response; b"" status if closed."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        more = sock.recv(65536)
+        if not more:
+            return b"", {}, b"", data
+        data += more
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    fields = {k.strip().lower(): v.strip() for k, _, v in (line.partition(b":") for line in lines[1:])}
+    want = int(fields.get(b"content-length", b"0"))
+    while len(body) < want:
+        more = sock.recv(65536)
+        if not more:
+            break
+        body += more
+    return lines[0], fields, body, data[:len(head) + 4] + body
+
+
+def curl(*args):
+    p = subprocess.run([CURL, "-sS", *args], capture_output=True, timeout=procs.TIMEOUT)
+    return p.returncode, p.stdout, p.stderr
+
+
+# -- item 4: Upgrade: h2c -------------------------------------------------------
+
+H2C = (b"GET /blob/5000 HTTP/1.1\r\nHost: localhost\r\nUser-Agent: curl/8\r\nAccept: */*\r\n"
+       b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n")
+
+
+def test_h2c_offer_is_dropped_and_answered_over_http11(tmp_path, origin):
+    """curl --http2 got 403; nginx and HAProxy withdraw the offer and answer over HTTP/1.1."""
+    relay, (where,) = proxy(tmp_path, origin.tcp)
+    try:
+        with procs.connect(where) as s:
+            s.sendall(H2C)
+            status, fields, body, _ = read_response(s)
+        assert status == b"HTTP/1.1 200 OK" and sha(body) == sha(procs.payload(5000))
+        line, seen = origin.heads[-1]
+        assert line == "GET /blob/5000 HTTP/1.1"
+        assert not {"upgrade", "http2-settings", "connection"} & set(seen), seen
+        if CURL:
+            rc, out, err = curl("--http2", "-w", "\n%{http_version} %{http_code}", "http://%s:%d/blob/5000" % where)
+            body, _, tail = out.rpartition(b"\n")
+            assert rc == 0 and tail == b"1.1 200" and sha(body) == sha(procs.payload(5000)), err
+            assert "upgrade" not in origin.heads[-1][1]
+        no_traceback(relay)
+    finally:
+        relay.close()
+
+
+# -- item 5: error pages --------------------------------------------------------
+
+
+def get_raw(where, path):
+    with procs.connect(where) as s:
+        s.sendall(b"GET %s HTTP/1.1\r\nHost: localhost\r\n\r\n" % path.encode())
+        return read_response(s)
+
+
+def test_block_path_answers_403(tmp_path, origin):
+    """--block-path closed the connection without a word (curl: Empty reply from server)."""
+    relay, (where,) = proxy(tmp_path, origin.tcp, "--block-path", "/admin/*")
+    try:
+        r = httpx.get("http://%s:%d/admin/x" % where, timeout=procs.TIMEOUT)
+        assert r.status_code == 403 and 0 < len(r.content) < 2048 and b"403" in r.content
+        r = httpx.get("http://%s:%d/blob/10" % where, timeout=procs.TIMEOUT)
+        assert r.status_code == 200 and r.content == procs.payload(10)
+        if CURL:
+            rc, out, err = curl("-o", "/dev/null", "-w", "%{http_code}", "http://%s:%d/admin/x" % where)
+            assert (rc, out) == (0, b"403"), err
+        assert [line for line, _ in origin.heads] == ["GET /blob/10 HTTP/1.1"]
+        no_traceback(relay)
+    finally:
+        relay.close()
+
+
+@pytest.mark.parametrize("options, answered", [
+    ([], False),                                    # relayd: no 'return error', a silent close
+    (["--error-pages", "on"], True),
+    (["--error-pages", "off", "--block-path", "/other/*"], False),
+], ids=["auto", "on", "off"])
+def test_error_pages_switch(tmp_path, origin, options, answered):
+    """A rules file keeps relayd's meaning of 'return error'; --error-pages on|off overrides it and the shorthands."""
+    rules = tmp_path / "rules"
+    rules.write_text('block request path "/admin/*"\n')
+    relay, (where,) = proxy(tmp_path, origin.tcp, "--rules", str(rules), *options)
+    try:
+        for path in ["/admin/x"] + (["/other/y"] if "/other/*" in options else []):
+            status, _, _, raw = get_raw(where, path)
+            assert (status == b"HTTP/1.1 403 Forbidden") if answered else raw == b"", (path, raw)
+        assert origin.heads == []
+        no_traceback(relay)
+    finally:
+        relay.close()
+
+
+# -- item 6: a GET body never reaches the origin ---------------------------------
+
+
+def test_get_body_is_refused_not_smuggled(tmp_path, origin):
+    """http.server ignores a GET's Content-Length: the body was read as a second, unfiltered request."""
+    inner = b"GET /admin/secret HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    relay, (where,) = proxy(tmp_path, origin.tcp, "--block-path", "/admin/*")
+    try:
+        with procs.connect(where) as s:
+            s.sendall(b"GET /blob/10 HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%s" % (len(inner), inner))
+            status, _, body, _ = read_response(s)
+            assert status == b"HTTP/1.1 400 Bad Request" and b"GET with a body" in body
+            assert procs.recv_all(s) == b""  # then closed
+        r = httpx.request("HEAD", "http://%s:%d/blob/10" % where, content=b"x" * 30, timeout=procs.TIMEOUT)
+        assert r.status_code == 400
+        r = httpx.get("http://%s:%d/blob/10" % where, headers={"Content-Length": "0"}, timeout=procs.TIMEOUT)
+        assert r.status_code == 200 and r.content == procs.payload(10)
+        time.sleep(0.2)
+        assert [line for line, _ in origin.heads] == ["GET /blob/10 HTTP/1.1"]
+        no_traceback(relay)
+    finally:
+        relay.close()
+
+
+# -- item 7: relayd's rules mean the same ----------------------------------------
+
+
+def test_relayd_rules_url_value_and_cookie_case(tmp_path, origin):
+    """relayd's regress writes 'url KEY value "*"' (refused at start-up here); cookie values fold case."""
+    rules = tmp_path / "relayd.rules"
+    rules.write_text('return error\n'
+                     'block request url "foo.bar/3" value "*" label "url"\n'
+                     'block request cookie "theme" value "dark" label "cookie"\n')
+    relay, (where,) = proxy(tmp_path, origin.tcp, "--rules", str(rules))
+    base = "http://%s:%d" % where
+    try:
+        with httpx.Client(timeout=procs.TIMEOUT) as client:
+            r = client.get(base + "/3", headers={"Host": "foo.bar"})
+            assert r.status_code == 403 and b"url" in r.content
+            assert client.get(base + "/4", headers={"Host": "foo.bar"}).status_code == 200
+            r = client.get(base + "/blob/1", headers={"Cookie": "a=1; theme=DARK"})
+            assert r.status_code == 403 and b"cookie" in r.content
+            assert client.get(base + "/blob/1", headers={"Cookie": "theme=light"}).status_code == 200
+        assert [line for line, _ in origin.heads] == ["GET /4 HTTP/1.1", "GET /blob/1 HTTP/1.1"]
+        no_traceback(relay)
+    finally:
+        relay.close()
+
+
+# -- item 8: the session event's counts ------------------------------------------
+
+
+def session_events(relay, count):
+    """The first ``count`` "http session ended" events of a ``twist`` process (JSON log)."""
+    deadline = time.monotonic() + procs.TIMEOUT
+    while True:
+        found = [e for e in relay.events() if e.get("log_format", "").startswith("http session ended")]
+        if len(found) >= count:
+            return found
+        if time.monotonic() > deadline or relay.proc.poll() is not None:
+            raise AssertionError("%d session events of %d:\n%s" % (len(found), count, relay.text()))
+        time.sleep(0.05)
+
+
+def moved(relay):
+    """The metrics' bytes per direction, summed over paths."""
+    from test_relay_tcp import scrape
+
+    where = procs.address(listening_events(relay, "metrics")[0]["address"])
+    samples = scrape(where)
+    out = {}
+    for (name, labels), value in samples.items():
+        if name == "splicing_bytes_total":
+            direction = dict(labels)["direction"]
+            out[direction] = out.get(direction, 0) + int(value)
+    return out
+
+
+def counting_proxy(tmp_path, origin_tcp, *options):
+    return proxy(tmp_path, origin_tcp, "--metrics", PLAIN, *options, tool="twist")
+
+
+class WebSocketEcho:
+    """A ``websockets`` echo server in its own thread and loop."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        async def echo(ws):
+            async for message in ws:
+                await ws.send(message)
+
+        async def main():
+            self.server = await websockets.asyncio.server.serve(echo, "127.0.0.1", 0, max_size=None)
+            self.port = self.server.sockets[0].getsockname()[1]
+            started.set()
+            await self.server.wait_closed()
+
+        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(main(),), daemon=True)
+        self.thread.start()
+        assert started.wait(procs.TIMEOUT)
+
+    def close(self):
+        self.loop.call_soon_threadsafe(self.server.close)
+        self.thread.join(procs.TIMEOUT)
+
+
+def test_websocket_session_counts_both_ways(tmp_path):
+    """1,000,000 bytes echoed each way were logged as one direction's total with spliced_in 0."""
+    server = WebSocketEcho()
+    relay, (where,) = counting_proxy(tmp_path, "tcp:host=127.0.0.1:port=%d" % server.port, "--websockets")
+    try:
+        message = os.urandom(100000)
+        with websockets.sync.client.connect("ws://%s:%d/echo" % where, max_size=None, compression=None) as ws:
+            for _ in range(10):
+                ws.send(message)
+                assert sha(ws.recv()) == sha(message)
+        (event,) = session_events(relay, 1)
+        assert event["bytes_out"] > 1000000 and event["bytes_in"] > 1000000, event
+        assert event["spliced_in"] >= 1000000 and event["spliced_out"] >= 1000000, event
+        assert moved(relay) == {"out": event["bytes_out"], "in": event["bytes_in"]}
+        assert event["relay"] == "http" and event["backend"] == "127.0.0.1:%d" % server.port
+        no_traceback(relay)
+    finally:
+        relay.close()
+        server.close()
+
+
+UPGRADE = (b"GET /tunnel HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+           b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+
+
+def switch_then_echo(sock, backend):
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(4096)
+    sock.sendall(SWITCHING)
+    procs.echo(sock, backend)
+
+
+@pytest.mark.parametrize("close_first", ["client", "origin"])
+def test_tunnel_counts_are_the_wire_bytes(tmp_path, close_first):
+    """Exact per-direction counts for an upgraded tunnel, whichever side ends it."""
+    backend = procs.Backend(switch_then_echo)
+    relay, (where,) = counting_proxy(tmp_path, backend.tcp, "--websockets")
+    data = procs.payload(3 << 20, seed=5)
+    try:
+        with procs.connect(where) as s:
+            s.sendall(UPGRADE)
+            got = procs.recv_all(s, len(SWITCHING))
+            assert got == SWITCHING
+            sender = threading.Thread(target=s.sendall, args=(data,))
+            sender.start()
+            echoed = procs.recv_all(s, len(data))
+            sender.join(procs.TIMEOUT)
+            assert sha(echoed) == sha(data)
+            if close_first == "client":
+                s.shutdown(socket.SHUT_WR)
+                assert procs.recv_all(s) == b""
+        (event,) = session_events(relay, 1)
+        assert (event["bytes_out"], event["bytes_in"]) == (len(UPGRADE) + len(data), len(SWITCHING) + len(data)), event
+        assert moved(relay) == {"out": event["bytes_out"], "in": event["bytes_in"]}
+        no_traceback(relay)
+    finally:
+        relay.close()
+        backend.close()
+
+
+@pytest.mark.parametrize("kind", ["blob", "chunked", "close"])
+def test_body_counts_are_the_wire_bytes(tmp_path, origin, kind):
+    """Content-Length, chunked and close-delimited responses: bytes_in is what the client read."""
+    relay, (where,) = counting_proxy(tmp_path, origin.tcp)
+    request = b"GET /%s/2000000 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n" % kind.encode()
+    try:
+        with procs.connect(where) as s:
+            s.sendall(request)
+            got = procs.recv_all(s)
+        head, _, body = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        if kind == "chunked":  # undo the framing to check the data
+            out, rest = b"", body
+            while True:
+                size, _, rest = rest.partition(b"\r\n")
+                n = int(size, 16)
+                if not n:
+                    break
+                out, rest = out + rest[:n], rest[n + 2:]
+            body = out
+        assert sha(body) == sha(procs.payload(2000000))
+        (event,) = session_events(relay, 1)
+        assert (event["bytes_out"], event["bytes_in"]) == (len(request), len(got)), event
+        assert moved(relay) == {"out": len(request), "in": len(got)}
+        no_traceback(relay)
+    finally:
+        relay.close()
