@@ -801,3 +801,19 @@ def test_malformed_patterns(pattern, message):
 @given(st.text("ab*?[]!-", max_size=8), st.text("ab[]!-", max_size=8))
 def test_globs_agree_with_fnmatch_without_escapes(glob, subject):
     assert bool(globRegex(glob).fullmatch(subject)) == fnmatch.fnmatchcase(subject, glob)
+
+
+# --- error pages: return error, the shorthands, --error-pages ------------------------
+
+def test_error_pages_follow_return_error_the_shorthands_and_the_switch():
+    fileRules = parseRules('block path "/admin*"')
+    both = fileRules + shorthandRules(blockPaths=["/private*"])
+    byFile = both.evaluate("request", request("/admin/x"), ctx())
+    byShorthand = both.evaluate("request", request("/private/x"), ctx())
+    assert (byFile.action, byShorthand.action) == ("block", "block")
+    assert not both.answers(byFile) and both.answers(byShorthand)   # relayd's silent close; an answer
+    assert (parseRules("return error") + both).answers(byFile)
+    both.errorPages = True
+    assert both.answers(byFile) and both.answers(byShorthand)
+    both.errorPages = False
+    assert not both.answers(byFile) and not both.answers(byShorthand)
