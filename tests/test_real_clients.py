@@ -32,6 +32,7 @@ import websockets.asyncio.server
 import websockets.sync.client
 
 import procs
+from stress.load import Probe
 from test_relay_tcp import make_cert
 
 CURL = shutil.which("curl")
@@ -125,12 +126,14 @@ def start(tmp_path, args, name="relay", count=1, tool="twistd"):
     relay = procs.Twistd(tmp_path, args, name=name, tool=tool)
     try:
         if tool == "twist":  # a JSON log
-            return relay, [procs.address(e["address"]) for e in listening_events(relay, "relay", count)]
-        found = relay.listening(count)
+            where = [procs.address(e["address"]) for e in listening_events(relay, "relay", count)]
+        else:
+            where = [a for addresses in relay.listening(count).values() for a in addresses]
     except BaseException:
         relay.close()
         raise
-    return relay, [a for addresses in found.values() for a in addresses]
+    relay.baseline = Probe(relay.proc.pid).fds()[0]
+    return relay, where
 
 
 def listening_events(relay, what, count=1):
@@ -147,6 +150,23 @@ def listening_events(relay, what, count=1):
 def no_traceback(relay):
     text = relay.text()
     assert "Traceback" not in text and "Unhandled Error" not in text, text
+
+
+def healthy(relay):
+    """
+    After the clients are gone: no traceback, every socket the sessions
+    used closed (descriptors back to the count after start-up, pipes
+    aside), and no CPU while idle.
+    """
+    no_traceback(relay)
+    probe, deadline = Probe(relay.proc.pid), time.monotonic() + 3.0
+    while probe.fds()[0] > relay.baseline and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = os.listdir("/proc/%d/fd" % relay.proc.pid)
+    assert probe.fds()[0] <= relay.baseline, (relay.baseline, left)
+    before = probe.cpu()
+    time.sleep(0.5)
+    assert probe.cpu() - before < 0.05, "busy while idle"
 
 
 # -- item 2: TLS listeners and ALPN ------------------------------------------
@@ -190,7 +210,7 @@ def test_tls_listener_serves_alpn_clients(tmp_path, certs, origin, kind):
     relay, (where,) = start(tmp_path, [kind, "--listen", ssl_listen(certs), "--connect", origin.tcp])
     try:
         check_tls_listener(where, proxy=kind == "http")
-        no_traceback(relay)
+        healthy(relay)
     finally:
         relay.close()
 
@@ -201,14 +221,17 @@ def test_tls_listeners_from_config_and_workers(tmp_path, certs, origin):
     config = tmp_path / "relays.toml"
     config.write_text(
         '[relay.plain]\ntype = "tcp"\nlisten = "%s"\nconnect = "%s"\n'
-        '[relay.web]\ntype = "http"\nlisten = "%s"\nconnect = "%s"\n'
+        '[relay.web]\ntype = "http"\nlisten = "%s"\nconnect = "%s"\nblock-path = ["/admin/*"]\n'
         % (ssl_listen(certs), origin.tcp, ssl_listen(certs), origin.tcp))
     relay = procs.Twistd(tmp_path, ["--config", str(config)], name="config")
     try:
         found = relay.listening(2)
+        relay.baseline = Probe(relay.proc.pid).fds()[0]
         check_tls_listener(found["plain"][0], proxy=False)
         check_tls_listener(found["web"][0], proxy=True)
-        no_traceback(relay)
+        r = httpx.get("https://%s:%d/admin/x" % found["web"][0], verify=False, timeout=procs.TIMEOUT)
+        assert r.status_code == 403  # a shorthand in a config file answers too
+        healthy(relay)
     finally:
         relay.close()
     relay, (where,) = start(tmp_path, ["--workers", "2", "http", "--listen", ssl_listen(certs),
@@ -246,6 +269,7 @@ def test_tls_origin_and_twisted_web_origin_through_tls_listener(tmp_path, certs)
             % (ssl_listen(certs), tls_origin.port, roots, ssl_listen(certs), web_port))
         relay = procs.Twistd(tmp_path, ["--config", str(config)], name="two")
         found = relay.listening(2)
+        relay.baseline = Probe(relay.proc.pid).fds()[0]
         to_tls, to_web = found["tls"][0], found["web"][0]
         check_tls_listener(to_tls, proxy=True)
         deadline = time.monotonic() + procs.TIMEOUT
@@ -258,7 +282,7 @@ def test_tls_origin_and_twisted_web_origin_through_tls_listener(tmp_path, certs)
                     raise
                 time.sleep(0.1)
         assert r.status_code == 200 and sha(r.content) == sha(data)
-        no_traceback(relay)
+        healthy(relay)
     finally:
         if relay is not None:
             relay.close()
@@ -324,7 +348,7 @@ def test_h2c_offer_is_dropped_and_answered_over_http11(tmp_path, origin):
             body, _, tail = out.rpartition(b"\n")
             assert rc == 0 and tail == b"1.1 200" and sha(body) == sha(procs.payload(5000)), err
             assert "upgrade" not in origin.heads[-1][1]
-        no_traceback(relay)
+        healthy(relay)
     finally:
         relay.close()
 
@@ -350,7 +374,7 @@ def test_block_path_answers_403(tmp_path, origin):
             rc, out, err = curl("-o", "/dev/null", "-w", "%{http_code}", "http://%s:%d/admin/x" % where)
             assert (rc, out) == (0, b"403"), err
         assert [line for line, _ in origin.heads] == ["GET /blob/10 HTTP/1.1"]
-        no_traceback(relay)
+        healthy(relay)
     finally:
         relay.close()
 
@@ -370,7 +394,7 @@ def test_error_pages_switch(tmp_path, origin, options, answered):
             status, _, _, raw = get_raw(where, path)
             assert (status == b"HTTP/1.1 403 Forbidden") if answered else raw == b"", (path, raw)
         assert origin.heads == []
-        no_traceback(relay)
+        healthy(relay)
     finally:
         relay.close()
 
@@ -394,7 +418,7 @@ def test_get_body_is_refused_not_smuggled(tmp_path, origin):
         assert r.status_code == 200 and r.content == procs.payload(10)
         time.sleep(0.2)
         assert [line for line, _ in origin.heads] == ["GET /blob/10 HTTP/1.1"]
-        no_traceback(relay)
+        healthy(relay)
     finally:
         relay.close()
 
@@ -419,7 +443,7 @@ def test_relayd_rules_url_value_and_cookie_case(tmp_path, origin):
             assert r.status_code == 403 and b"cookie" in r.content
             assert client.get(base + "/blob/1", headers={"Cookie": "theme=light"}).status_code == 200
         assert [line for line, _ in origin.heads] == ["GET /4 HTTP/1.1", "GET /blob/1 HTTP/1.1"]
-        no_traceback(relay)
+        healthy(relay)
     finally:
         relay.close()
 
@@ -498,7 +522,7 @@ def test_websocket_session_counts_both_ways(tmp_path):
         assert event["spliced_in"] >= 1000000 and event["spliced_out"] >= 1000000, event
         assert moved(relay) == {"out": event["bytes_out"], "in": event["bytes_in"]}
         assert event["relay"] == "http" and event["backend"] == "127.0.0.1:%d" % server.port
-        no_traceback(relay)
+        healthy(relay)
     finally:
         relay.close()
         server.close()
@@ -539,7 +563,7 @@ def test_tunnel_counts_are_the_wire_bytes(tmp_path, close_first):
         (event,) = session_events(relay, 1)
         assert (event["bytes_out"], event["bytes_in"]) == (len(UPGRADE) + len(data), len(SWITCHING) + len(data)), event
         assert moved(relay) == {"out": event["bytes_out"], "in": event["bytes_in"]}
-        no_traceback(relay)
+        healthy(relay)
     finally:
         relay.close()
         backend.close()
@@ -569,6 +593,6 @@ def test_body_counts_are_the_wire_bytes(tmp_path, origin, kind):
         (event,) = session_events(relay, 1)
         assert (event["bytes_out"], event["bytes_in"]) == (len(request), len(got)), event
         assert moved(relay) == {"out": len(request), "in": len(got)}
-        no_traceback(relay)
+        healthy(relay)
     finally:
         relay.close()
