@@ -522,6 +522,7 @@ def test_websocket_session_counts_both_ways(tmp_path):
         assert event["spliced_in"] >= 1000000 and event["spliced_out"] >= 1000000, event
         assert moved(relay) == {"out": event["bytes_out"], "in": event["bytes_in"]}
         assert event["relay"] == "http" and event["backend"] == "127.0.0.1:%d" % server.port
+        assert event["target"] == "tcp:host=127.0.0.1:port=%d" % server.port
         healthy(relay)
     finally:
         relay.close()

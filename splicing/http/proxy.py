@@ -429,7 +429,9 @@ class HTTPProxyProtocol(Protocol):
 
     def statistics(self, how):
         """
-        The session event's fields.  C{bytes_out}/C{bytes_in}: every byte
+        The session event's fields, named as the TCP relay's (C{relay},
+        C{client}, C{backend}: its address, C{target}: its C{--connect}
+        string).  C{bytes_out}/C{bytes_in}: every byte
         each way (requests / responses, the proxy's own error pages among
         them), the metrics' "out"/"in" (L{traffic}); C{spliced_in} and
         C{spliced_out}: the body bytes spliced from the client and from the
@@ -445,6 +447,7 @@ class HTTPProxyProtocol(Protocol):
             "relay": self.factory.name,
             "client": formatAddress(self.transport.getPeer()),
             "backend": formatAddress(backend) if backend is not None else None,
+            "target": getattr(self.backend, "target", None),
             "requests": self.count,
             "bytes_out": counts["out"],
             "bytes_in": counts["in"],

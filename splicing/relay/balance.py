@@ -113,13 +113,23 @@ class Balancer:
 
 @implementer(IStreamClientEndpoint)
 class BalancedEndpoint:
-    """A L{Balancer} as a plain client endpoint: C{connect} fires with the protocol."""
+    """
+    A L{Balancer} as a plain client endpoint: C{connect} fires with the
+    protocol, which learns the name of the target it reached (C{target}),
+    for its session's log event.
+    """
 
     def __init__(self, balancer):
         self.balancer = balancer
 
     def connect(self, factory):
-        return self.balancer.connect(factory).addCallback(lambda result: result[0])
+        return self.balancer.connect(factory).addCallback(_named)
+
+
+def _named(result):
+    protocol, target = result
+    protocol.target = target.name
+    return protocol
 
 
 __all__ = ["Balancer", "BalancedEndpoint", "Target", "clientFromString"]
