@@ -297,8 +297,8 @@ def test_tls_origin_and_twisted_web_origin_through_tls_listener(tmp_path, certs)
 PLAIN = "tcp:0:interface=127.0.0.1"
 
 
-def proxy(tmp_path, origin_tcp, *options, tool="twistd"):
-    return start(tmp_path, ["http", "--listen", PLAIN, "--connect", origin_tcp, *options], tool=tool)
+def proxy(tmp_path, origin_tcp, *options, tool="twistd", listen=PLAIN):
+    return start(tmp_path, ["http", "--listen", listen, "--connect", origin_tcp, *options], tool=tool)
 
 
 def read_response(sock):
@@ -477,8 +477,8 @@ def moved(relay):
     return out
 
 
-def counting_proxy(tmp_path, origin_tcp, *options):
-    return proxy(tmp_path, origin_tcp, "--metrics", PLAIN, *options, tool="twist")
+def counting_proxy(tmp_path, origin_tcp, *options, listen=PLAIN):
+    return proxy(tmp_path, origin_tcp, "--metrics", PLAIN, *options, tool="twist", listen=listen)
 
 
 class WebSocketEcho:
@@ -532,37 +532,52 @@ def test_websocket_session_counts_both_ways(tmp_path):
 UPGRADE = (b"GET /tunnel HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
 SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+CONNECT = b"CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n\r\n"
+ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
+TUNNELS = {"upgrade": (UPGRADE, SWITCHING, "--websockets"), "connect": (CONNECT, ESTABLISHED, "--connect-method")}
+TUNNELED = 3 << 20
 
 
-def switch_then_echo(sock, backend):
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(4096)
-    sock.sendall(SWITCHING)
-    procs.echo(sock, backend)
+def tunnel_origin(answer, close_after=None):
+    """Answer a tunnel's head with ``answer``, then echo: until EOF, or ``close_after`` bytes and close."""
+    def handler(sock, backend):
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        sock.sendall(answer)
+        left = close_after
+        while left is None or left > 0:
+            data = sock.recv(65536 if left is None else min(65536, left))
+            if not data:
+                return
+            sock.sendall(data)
+            left = None if left is None else left - len(data)
+    return handler
 
 
-@pytest.mark.parametrize("close_first", ["client", "origin"])
-def test_tunnel_counts_are_the_wire_bytes(tmp_path, close_first):
-    """Exact per-direction counts for an upgraded tunnel, whichever side ends it."""
-    backend = procs.Backend(switch_then_echo)
-    relay, (where,) = counting_proxy(tmp_path, backend.tcp, "--websockets")
-    data = procs.payload(3 << 20, seed=5)
+@pytest.mark.parametrize("first", ["client", "origin"])
+@pytest.mark.parametrize("kind", ["upgrade", "connect"])
+def test_tunnel_counts_are_the_wire_bytes(tmp_path, kind, first):
+    """Exact per-direction counts for an upgraded or CONNECT tunnel, whichever side ends it."""
+    request, answer, option = TUNNELS[kind]
+    backend = procs.Backend(tunnel_origin(answer, TUNNELED if first == "origin" else None))
+    relay, (where,) = counting_proxy(tmp_path, backend.tcp, option)
+    data = procs.payload(TUNNELED, seed=5)
     try:
         with procs.connect(where) as s:
-            s.sendall(UPGRADE)
-            got = procs.recv_all(s, len(SWITCHING))
-            assert got == SWITCHING
+            s.sendall(request)
+            assert procs.recv_all(s, len(answer)) == answer
             sender = threading.Thread(target=s.sendall, args=(data,))
             sender.start()
             echoed = procs.recv_all(s, len(data))
             sender.join(procs.TIMEOUT)
             assert sha(echoed) == sha(data)
-            if close_first == "client":
+            if first == "client":
                 s.shutdown(socket.SHUT_WR)
-                assert procs.recv_all(s) == b""
+            assert procs.recv_all(s) == b""  # the other side's end reaches the client
         (event,) = session_events(relay, 1)
-        assert (event["bytes_out"], event["bytes_in"]) == (len(UPGRADE) + len(data), len(SWITCHING) + len(data)), event
+        assert (event["bytes_out"], event["bytes_in"]) == (len(request) + len(data), len(answer) + len(data)), event
+        assert event["spliced_in"] + event["spliced_out"] == event["spliced"] >= 2 * len(data) - 2 * 65536, event
         assert moved(relay) == {"out": event["bytes_out"], "in": event["bytes_in"]}
         healthy(relay)
     finally:
@@ -570,27 +585,34 @@ def test_tunnel_counts_are_the_wire_bytes(tmp_path, close_first):
         backend.close()
 
 
+def dechunk(body):
+    out, rest = b"", body
+    while True:
+        size, _, rest = rest.partition(b"\r\n")
+        n = int(size, 16)
+        if not n:
+            return out
+        out, rest = out + rest[:n], rest[n + 2:]
+
+
+@pytest.mark.parametrize("listener", ["tcp", "tls"])
 @pytest.mark.parametrize("kind", ["blob", "chunked", "close"])
-def test_body_counts_are_the_wire_bytes(tmp_path, origin, kind):
+def test_body_counts_are_the_wire_bytes(tmp_path, certs, origin, kind, listener):
     """Content-Length, chunked and close-delimited responses: bytes_in is what the client read."""
-    relay, (where,) = counting_proxy(tmp_path, origin.tcp)
+    relay, (where,) = counting_proxy(tmp_path, origin.tcp, listen=ssl_listen(certs) if listener == "tls" else PLAIN)
     request = b"GET /%s/2000000 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n" % kind.encode()
     try:
-        with procs.connect(where) as s:
+        s = procs.connect(where)
+        if listener == "tls":
+            context = ssl.create_default_context()
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+            s = context.wrap_socket(s, server_hostname="localhost")
+        with s:
             s.sendall(request)
             got = procs.recv_all(s)
         head, _, body = got.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200")
-        if kind == "chunked":  # undo the framing to check the data
-            out, rest = b"", body
-            while True:
-                size, _, rest = rest.partition(b"\r\n")
-                n = int(size, 16)
-                if not n:
-                    break
-                out, rest = out + rest[:n], rest[n + 2:]
-            body = out
-        assert sha(body) == sha(procs.payload(2000000))
+        assert sha(dechunk(body) if kind == "chunked" else body) == sha(procs.payload(2000000))
         (event,) = session_events(relay, 1)
         assert (event["bytes_out"], event["bytes_in"]) == (len(request), len(got)), event
         assert moved(relay) == {"out": len(request), "in": len(got)}
