@@ -156,7 +156,7 @@ class HTTPProxyProtocol(Protocol):
     def _request(self, data):
         f = self.factory
         head = parseRequestHead(data)
-        head.dropUpgrade(b"h2c")  # HTTP/2 would hide later requests from the rules: refused, as nginx does
+        head.dropUpgrade(b"h2c")  # withdrawn, as nginx does: HTTP/2 would hide later requests from the rules
         if head.upgrade and not f.allowUpgrade:
             raise HTTPError(403, "protocol upgrade (%s) is not allowed here" % (head.upgrade,))
         if head.isConnect and not f.allowConnect:
@@ -431,12 +431,12 @@ class HTTPProxyProtocol(Protocol):
         """
         The session event's fields, named as the TCP relay's (C{relay},
         C{client}, C{backend}: its address, C{target}: its C{--connect}
-        string).  C{bytes_out}/C{bytes_in}: every byte
-        each way (requests / responses, the proxy's own error pages among
-        them), the metrics' "out"/"in" (L{traffic}); C{spliced_in} and
-        C{spliced_out}: the body bytes spliced from the client and from the
-        backend.  A splice still running (a tunnel's other direction when
-        one side closed it) counts with what it moved.
+        string).  C{bytes_out}/C{bytes_in}: every byte each way (requests /
+        responses, the proxy's own error pages among them), the metrics'
+        "out"/"in" (L{traffic}); C{spliced_in}/C{spliced_out}: the body
+        bytes spliced from the client / from the backend.  A splice still
+        running (a tunnel's other direction when one side closed it)
+        counts with what it moved.
         """
         counts = {}
         for direction, path, n in self.traffic():
