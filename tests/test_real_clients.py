@@ -15,16 +15,13 @@ socket twin that always runs.
 import asyncio
 import hashlib
 import http.server
-import json
 import os
 import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
-import urllib.request
 
 import httpx
 import pytest
