@@ -32,6 +32,10 @@ def parseGroups(entries):
     return groups
 
 
+#: --error-pages: RuleSet.errorPages
+ERROR_PAGES = {"auto": None, "on": True, "off": False}
+
+
 def ruleSet(options, files):
     """
     The HTTP proxy's rules: the C{--rules} file's (its text in C{files})
@@ -43,6 +47,7 @@ def ruleSet(options, files):
     if options["rules"] is not None:
         rules = parseRules(files[options["rules"]], options["rules"]) + rules
     rules.checkGroups(list(parseGroups(options["group"])))
+    rules.errorPages = ERROR_PAGES[options["error-pages"]]
     return rules if len(rules) or rules.returnError else None
 
 

@@ -18,7 +18,7 @@ from twisted.python import usage
 
 from splicing import paths
 from splicing.app import config as configfile, validation
-from splicing.app.build import buildRelay, parseGroups, ruleSet
+from splicing.app.build import ERROR_PAGES, buildRelay, parseGroups, ruleSet
 from splicing.app.metrics import RelayMetrics
 from splicing.app.service import MetricsService, relaysService
 from splicing.app.spec import Config, RelaySpec
@@ -182,6 +182,9 @@ class HTTPOptions(_StreamOptions):
          _number("header-timeout")],
         ["backend-timeout", None, 60.0, "Seconds the backend may take to answer (504 after).",
          _number("backend-timeout")],
+        ["error-pages", None, "auto", "What a request blocked by a rule gets: auto (the shorthands such as "
+         "--block-path answer 403; a rules file answers only if it says 'return error', as relayd), "
+         "on (always an error page) or off (the connection is closed)."],
     ]
 
     def __init__(self):
@@ -215,6 +218,8 @@ class HTTPOptions(_StreamOptions):
                     self.files[self["rules"]] = f.read()
             except OSError as e:
                 raise usage.UsageError("--rules %s: %s" % (self["rules"], e.strerror))
+        if self["error-pages"] not in ERROR_PAGES:
+            raise usage.UsageError("--error-pages must be auto, on or off, not %r" % (self["error-pages"],))
         try:
             ruleSet(self, self.files)
         except RuleError as e:

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 
 from splicing.app import spec
 from splicing.app.web import site
+from splicing.relay import alpn
 from splicing.relay.access import formatAddress
 
 
@@ -76,8 +77,8 @@ class ListeningService(service.MultiService):
             d.addCallbacks(self._listening, self._failed, errbackArgs=(description,))
 
     def endpoint(self, reactor, description):
-        """The server endpoint C{description} names (a hook)."""
-        return endpoints.serverFromString(reactor, description)
+        """The server endpoint C{description} names (a hook); TLS ones answer ALPN (L{alpn.repair})."""
+        return alpn.repair(endpoints.serverFromString(reactor, description))
 
     def _listening(self, port):
         if not self.running:

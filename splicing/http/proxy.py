@@ -11,7 +11,7 @@ L{HTTPProxyProtocol.chooseEndpoint}) beside or instead of the rules.
 
 from collections import deque
 
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocolNegotiationFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -27,9 +27,10 @@ from splicing.relay.report import Reporter
 from splicing.relay.sessions import SessionTable
 
 
-def _ruleBlock(status, label):
+def _ruleBlock(status, label, answer):
+    """A block by the rules; without C{answer} the connection just closes (relayd without C{return error})."""
     e = HTTPError(status, label)
-    e.byRule = True
+    e.silent = not answer
     return e
 
 
@@ -109,8 +110,8 @@ class HTTPProxyProtocol(Protocol):
 
     def sessionEnded(self, stats):
         self.log.info(
-            "http session ended: {client} {requests} requests, {spliced} bytes spliced, "
-            "{copied} bytes copied, {how}",
+            "http session ended: {client} -> {backend}: {requests} requests, {bytes_out} bytes out, "
+            "{bytes_in} bytes in, {spliced} bytes spliced, {copied} bytes copied, {how}",
             **stats,
         )
 
@@ -156,6 +157,7 @@ class HTTPProxyProtocol(Protocol):
     def _request(self, data):
         f = self.factory
         head = parseRequestHead(data)
+        head.dropUpgrade(b"h2c")  # withdrawn, as nginx does: HTTP/2 would hide later requests from the rules
         if head.upgrade and not f.allowUpgrade:
             raise HTTPError(403, "protocol upgrade (%s) is not allowed here" % (head.upgrade,))
         if head.isConnect and not f.allowConnect:
@@ -167,7 +169,7 @@ class HTTPProxyProtocol(Protocol):
         if verdict is not None:
             self.logs.extend(verdict.logs)
             if verdict.action == "block":
-                raise _ruleBlock(403, verdict.label or "blocked by a filter rule")
+                raise _ruleBlock(403, verdict.label or "blocked by a filter rule", f.rules.answers(verdict))
         self.filterRequest(head)
         if self._headTimer is not None and self._headTimer.active():
             self._headTimer.cancel()
@@ -196,7 +198,8 @@ class HTTPProxyProtocol(Protocol):
         if verdict is not None:
             self.logs.extend(verdict.logs)
             if verdict.action == "block":
-                raise _ruleBlock(502, verdict.label or "response blocked by a filter rule")
+                raise _ruleBlock(502, verdict.label or "response blocked by a filter rule",
+                                 self.factory.rules.answers(verdict))
         self.filterResponse(request, response)
         self._cancelBackendTimer()
         self.responses.write(response.serialize())
@@ -409,8 +412,7 @@ class HTTPProxyProtocol(Protocol):
         if self.ended:
             return
         self.logs.append("%d %s" % (error.status, error.reason))
-        if self.factory.returnError or not getattr(error, "byRule", False):
-            # relayd: a rule's block is a silent close unless "return error"
+        if not getattr(error, "silent", False):
             response = errorResponse(error.status, error.reason, close=True)
             self.ownBytes += len(response)
             self.factory.report("httpResponse", error.status)
@@ -439,25 +441,47 @@ class HTTPProxyProtocol(Protocol):
         self.factory.table.release(self)
         self._cancelTimers()
         self.factory.report("ended", how, self.traffic())
-        peer = self.transport.getPeer()
-        self.sessionEnded(
-            {
-                "client": "%s:%s" % (getattr(peer, "host", peer), getattr(peer, "port", "")),
-                "requests": self.count,
-                "spliced": self.requests.spliced + self.responses.spliced,
-                "copied": self.requests.copied + self.responses.copied,
-                "spliced_in": self.requests.spliced,
-                "spliced_out": self.responses.spliced,
-                "duration": self.factory.reactor.seconds() - self.started,
-                "logs": list(self.logs),
-                "how": how,
-            }
-        )
+        self.sessionEnded(self.statistics(how))
+
+    def statistics(self, how):
+        """
+        The session event's fields, named as the TCP relay's (C{relay},
+        C{client}, C{backend}: its address, C{target}: its C{--connect}
+        string).  C{bytes_out}/C{bytes_in}: every byte each way (requests /
+        responses, the proxy's own error pages among them), the metrics'
+        "out"/"in" (L{traffic}); C{spliced_in}/C{spliced_out}: the body
+        bytes spliced from the client / from the backend.  A splice still
+        running (a tunnel's other direction when one side closed it)
+        counts with what it moved.
+        """
+        counts = {}
+        for direction, path, n in self.traffic():
+            counts[direction] = counts.get(direction, 0) + n
+        backend = self.backend.transport.getPeer() if self.backend is not None else None
+        fromClient, fromBackend = self._spliced(self.requests), self._spliced(self.responses)
+        return {
+            "relay": self.factory.name,
+            "client": formatAddress(self.transport.getPeer()),
+            "backend": formatAddress(backend) if backend is not None else None,
+            "target": getattr(self.backend, "target", None),
+            "requests": self.count,
+            "bytes_out": counts["out"],
+            "bytes_in": counts["in"],
+            "spliced": fromClient + fromBackend,
+            "copied": self.requests.copied + self.responses.copied,
+            "spliced_in": fromClient,
+            "spliced_out": fromBackend,
+            "duration": self.factory.reactor.seconds() - self.started,
+            "logs": list(self.logs),
+            "how": how,
+        }
 
 
+@implementer(IProtocolNegotiationFactory)
 class HTTPProxyFactory(Factory):
     """
-    Makes L{HTTPProxyProtocol}s.
+    Makes L{HTTPProxyProtocol}s.  Over TLS it selects ALPN C{http/1.1}
+    (L{splicing.relay.alpn}): a client that offers h2 too speaks HTTP/1.1 here.
 
     @param endpoints: client endpoints of the default backend (round-robin).
     @param groups: named backend groups for rules' C{forward to <group>}:
@@ -520,6 +544,10 @@ class HTTPProxyFactory(Factory):
                     endpoint.balancer.onFailure = self._targetFailed
         self._next = {}
 
+    def acceptableProtocols(self):
+        """ALPN: the one protocol the proxy speaks."""
+        return [b"http/1.1"]
+
     def _targetFailed(self, target, failure):
         """A balancer's attempt failed (it may go on with the next target): counted per target, as TCP's."""
         self.report("connectFailed", target.name)
@@ -539,10 +567,6 @@ class HTTPProxyFactory(Factory):
         """The balanced targets of every group, with their state (for status pages and metrics)."""
         return [target for group in self.groups.values() for endpoint in group
                 if isinstance(endpoint, BalancedEndpoint) for target in endpoint.balancer.targets]
-
-    @property
-    def returnError(self):
-        return self.rules is not None and self.rules.returnError
 
     def endpointFor(self, group):
         endpoints = self.groups.get(group)

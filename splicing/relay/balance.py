@@ -228,13 +228,24 @@ class Balancer:
 
 @implementer(IStreamClientEndpoint)
 class BalancedEndpoint:
-    """A L{Balancer} as a plain client endpoint: C{connect} fires with the protocol."""
+    """
+    A L{Balancer} as a plain client endpoint: C{connect} fires with the
+    protocol, which learns the name of the target it reached (C{target}),
+    for its session's log event.
+    """
 
     def __init__(self, balancer):
         self.balancer = balancer
 
     def connect(self, factory, client=None):
-        return self.balancer.connect(factory, client).addCallback(lambda result: result[0])
+        return self.balancer.connect(factory, client).addCallback(_named)
+
+
+def _named(result):
+    """The connected protocol, told which target it reached (the HTTP session event names it)."""
+    protocol, target = result
+    protocol.target = target.name
+    return protocol
 
 
 def connectFrom(endpoint, factory, client):
