@@ -11,25 +11,27 @@ L{HTTPProxyProtocol.chooseEndpoint}) beside or instead of the rules.
 
 from collections import deque
 
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocolNegotiationFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from splicing.relay.access import AllowList, formatAddress
-from splicing.relay.balance import BalancedEndpoint
+from splicing.relay.balance import BalancedEndpoint, NoBackendError, connectFrom
 from splicing.core.endpoint import noDelay, shutWrite
 from splicing.http.closing import Linger, isOpen, reset, writesPending
 from splicing.http.errors import HTTPError
 from splicing.http.flow import CHUNKED, DONE, HEAD, LENGTH, UNTIL_EOF, Flow
 from splicing.http.head import errorResponse, parseRequestHead, parseResponseHead
-from splicing.app.metrics import Reporter
+from splicing.http.rules import Context
+from splicing.relay.report import Reporter
 from splicing.relay.sessions import SessionTable
 
 
-def _ruleBlock(status, label):
+def _ruleBlock(status, label, answer):
+    """A block by the rules; without C{answer} the connection just closes (relayd without C{return error})."""
     e = HTTPError(status, label)
-    e.byRule = True
+    e.silent = not answer
     return e
 
 
@@ -114,8 +116,8 @@ class HTTPProxyProtocol(Protocol):
 
     def sessionEnded(self, stats):
         self.log.info(
-            "http session ended: {client} {requests} requests, {spliced} bytes spliced, "
-            "{copied} bytes copied, {how}",
+            "http session ended: {client} -> {backend}: {requests} requests, {bytes_out} bytes out, "
+            "{bytes_in} bytes in, {spliced} bytes spliced, {copied} bytes copied, {how}",
             **stats,
         )
 
@@ -174,6 +176,7 @@ class HTTPProxyProtocol(Protocol):
     def _request(self, data):
         f = self.factory
         head = parseRequestHead(data)
+        head.dropUpgrade(b"h2c")  # withdrawn, as nginx does: HTTP/2 would hide later requests from the rules
         if head.upgrade and not f.allowUpgrade:
             raise HTTPError(403, "protocol upgrade (%s) is not allowed here" % (head.upgrade,))
         if head.isConnect and not f.allowConnect:
@@ -185,7 +188,7 @@ class HTTPProxyProtocol(Protocol):
         if verdict is not None:
             self.logs.extend(verdict.logs)
             if verdict.action == "block":
-                raise _ruleBlock(403, verdict.label or "blocked by a filter rule")
+                raise _ruleBlock(403, verdict.label or "blocked by a filter rule", f.rules.answers(verdict))
         self.filterRequest(head)
         if self._headTimer is not None and self._headTimer.active():
             self._headTimer.cancel()
@@ -214,7 +217,8 @@ class HTTPProxyProtocol(Protocol):
         if verdict is not None:
             self.logs.extend(verdict.logs)
             if verdict.action == "block":
-                raise _ruleBlock(502, verdict.label or "response blocked by a filter rule")
+                raise _ruleBlock(502, verdict.label or "response blocked by a filter rule",
+                                 self.factory.rules.answers(verdict))
         self.filterResponse(request, response)
         self._cancelBackendTimer()
         self.responses.write(response.serialize())
@@ -317,7 +321,7 @@ class HTTPProxyProtocol(Protocol):
     def _connect(self, head, group):
         self.connecting = True
         endpoint = self.chooseEndpoint(head, group)
-        d = endpoint.connect(Factory.forProtocol(_BackendProtocol))
+        d = connectFrom(endpoint, Factory.forProtocol(_BackendProtocol), self.transport.getPeer())
         d.addCallbacks(self._backendConnected, self._backendFailed, errbackArgs=(endpoint,))
 
     def _backendConnected(self, backend):
@@ -340,6 +344,10 @@ class HTTPProxyProtocol(Protocol):
         self.log.warn("backend connect failed: {error}", error=reason.getErrorMessage())
         if not isinstance(endpoint, BalancedEndpoint):  # a balancer counted each target it tried
             self.factory.report("connectFailed", getattr(endpoint, "description", repr(endpoint)))
+        if reason.check(NoBackendError):
+            self.factory.report("refused", "backends-down")
+            self._sendError(HTTPError(502, "every backend is down"))
+            return
         self._sendError(HTTPError(502, "the backend is unreachable"))
 
     def backendInvalid(self, error):
@@ -392,6 +400,17 @@ class HTTPProxyProtocol(Protocol):
         requests, responses = self.requests, self.responses
         return [("out", "splice", self._spliced(requests)), ("out", "copy", requests.copied),
                 ("in", "splice", self._spliced(responses)), ("in", "copy", responses.copied + self.ownBytes)]
+
+    def status(self):
+        """This running session for a status page: client, backend, bytes each way so far, age, path."""
+        traffic = self.traffic()
+        backend = self.backend.transport.getPeer() if self.backend is not None else None
+        running = [f.splice.backend for f in (self.requests, self.responses) if f.splice is not None]
+        return {"client": formatAddress(self.transport.getPeer()),
+                "backend": formatAddress(backend) if backend is not None else None,
+                "bytes_out": sum(n for way, _, n in traffic if way == "out"),
+                "bytes_in": sum(n for way, _, n in traffic if way == "in"),
+                "age": self.factory.reactor.seconds() - self.started, "path": running[0] if running else None}
 
     def _idleCheck(self):
         """
@@ -448,8 +467,7 @@ class HTTPProxyProtocol(Protocol):
         if self.ended:
             return
         self.logs.append("%d %s" % (error.status, error.reason))
-        if self.factory.returnError or not getattr(error, "byRule", False):
-            # relayd: a rule's block is a silent close unless "return error"
+        if not getattr(error, "silent", False):
             response = errorResponse(error.status, error.reason, close=True)
             self.ownBytes += len(response)
             self.factory.report("httpResponse", error.status)
@@ -481,25 +499,47 @@ class HTTPProxyProtocol(Protocol):
         self.factory.table.release(self)
         self._cancelTimers()
         self.factory.report("ended", how, self.traffic())
-        peer = self.transport.getPeer()
-        self.sessionEnded(
-            {
-                "client": "%s:%s" % (getattr(peer, "host", peer), getattr(peer, "port", "")),
-                "requests": self.count,
-                "spliced": self.requests.spliced + self.responses.spliced,
-                "copied": self.requests.copied + self.responses.copied,
-                "spliced_in": self.requests.spliced,
-                "spliced_out": self.responses.spliced,
-                "duration": self.factory.reactor.seconds() - self.started,
-                "logs": list(self.logs),
-                "how": how,
-            }
-        )
+        self.sessionEnded(self.statistics(how))
+
+    def statistics(self, how):
+        """
+        The session event's fields, named as the TCP relay's (C{relay},
+        C{client}, C{backend}: its address, C{target}: its C{--connect}
+        string).  C{bytes_out}/C{bytes_in}: every byte each way (requests /
+        responses, the proxy's own error pages among them), the metrics'
+        "out"/"in" (L{traffic}); C{spliced_in}/C{spliced_out}: the body
+        bytes spliced from the client / from the backend.  A splice still
+        running (a tunnel's other direction when one side closed it)
+        counts with what it moved.
+        """
+        counts = {}
+        for direction, path, n in self.traffic():
+            counts[direction] = counts.get(direction, 0) + n
+        backend = self.backend.transport.getPeer() if self.backend is not None else None
+        fromClient, fromBackend = self._spliced(self.requests), self._spliced(self.responses)
+        return {
+            "relay": self.factory.name,
+            "client": formatAddress(self.transport.getPeer()),
+            "backend": formatAddress(backend) if backend is not None else None,
+            "target": getattr(self.backend, "target", None),
+            "requests": self.count,
+            "bytes_out": counts["out"],
+            "bytes_in": counts["in"],
+            "spliced": fromClient + fromBackend,
+            "copied": self.requests.copied + self.responses.copied,
+            "spliced_in": fromClient,
+            "spliced_out": fromBackend,
+            "duration": self.factory.reactor.seconds() - self.started,
+            "logs": list(self.logs),
+            "how": how,
+        }
 
 
+@implementer(IProtocolNegotiationFactory)
 class HTTPProxyFactory(Factory):
     """
-    Makes L{HTTPProxyProtocol}s.
+    Makes L{HTTPProxyProtocol}s.  Over TLS it selects ALPN C{http/1.1}
+    (L{splicing.relay.alpn}): a client that offers h2 too speaks HTTP/1.1 here.
 
     @param endpoints: client endpoints of the default backend (round-robin).
     @param groups: named backend groups for rules' C{forward to <group>}:
@@ -508,11 +548,12 @@ class HTTPProxyFactory(Factory):
     @param idle: seconds without a byte either way before a session ends
         (0: never); a request body stalled that long gets 408.
     @param name: the relay's name in logs and metrics.
-    @param metrics: a L{splicing.app.metrics.RelayMetrics}, or None.
+    @param metrics: an L{splicing.interfaces.IRelayMetrics}, or None.
     """
 
     protocol = HTTPProxyProtocol
     log = Logger()
+    kind = "http"
 
     def __init__(
         self,
@@ -561,6 +602,10 @@ class HTTPProxyFactory(Factory):
                     endpoint.balancer.onFailure = self._targetFailed
         self._next = {}
 
+    def acceptableProtocols(self):
+        """ALPN: the one protocol the proxy speaks."""
+        return [b"http/1.1"]
+
     def _targetFailed(self, target, failure):
         """A balancer's attempt failed (it may go on with the next target): counted per target, as TCP's."""
         self.report("connectFailed", target.name)
@@ -576,9 +621,10 @@ class HTTPProxyFactory(Factory):
             return
         self.table.admit(protocol)
 
-    @property
-    def returnError(self):
-        return self.rules is not None and self.rules.returnError
+    def backends(self):
+        """The balanced targets of every group, with their state (for status pages and metrics)."""
+        return [target for group in self.groups.values() for endpoint in group
+                if isinstance(endpoint, BalancedEndpoint) for target in endpoint.balancer.targets]
 
     def endpointFor(self, group):
         endpoints = self.groups.get(group)
@@ -591,8 +637,6 @@ class HTTPProxyFactory(Factory):
     def newContext(self, transport):
         if self.rules is None:
             return None
-        from splicing.http.rules import Context
-
         peer, host = transport.getPeer(), transport.getHost()
         return Context(
             remoteAddr=getattr(peer, "host", ""),

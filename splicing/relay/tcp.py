@@ -20,7 +20,7 @@ from zope.interface import implementer
 from splicing.relay import proxyheader
 from splicing.relay.accepting import exhaustionErrno
 from splicing.relay.access import AllowList, formatAddress
-from splicing.relay.balance import Balancer, Target
+from splicing.relay.balance import Balancer, NoBackendError, Target
 from splicing.relay.fallback import CopyDirection, spliceOrCopy
 from splicing.core.endpoint import noDelay, shutWrite
 from splicing.core.errors import SpliceError
@@ -151,7 +151,7 @@ class RelayProtocol(Protocol):
         self._connect(endpoint)
 
     def _connect(self, endpoint):
-        d = self.factory.connectBackend(BackendFactory(), endpoint)
+        d = self.factory.connectBackend(BackendFactory(), endpoint, self.transport.getPeer())
         d.addCallbacks(self._backendConnected, self._backendFailed, errbackArgs=(endpoint,))
 
     def _backendFailed(self, reason, endpoint=None):
@@ -171,7 +171,11 @@ class RelayProtocol(Protocol):
             client=formatAddress(self.transport.getPeer()),
             error=reason.getErrorMessage(),
         )
-        self._close("connect-failed")
+        if reason.check(NoBackendError):
+            self.factory._observe("refused", "backends-down")
+            self._close("backends-down")  # at once: no client waits for a backend known dead
+        else:
+            self._close("connect-failed")
 
     def _backendConnected(self, result):
         backend, self.target = result
@@ -331,6 +335,19 @@ class RelayProtocol(Protocol):
             "error": self._error,
         }
 
+    def traffic(self):
+        """Bytes so far as (direction, path, bytes): live, for metrics read while the session runs."""
+        stats = self.statistics(None)
+        path = stats["path"] or "none"
+        return [("out", path, stats["bytes_out"]), ("in", path, stats["bytes_in"])]
+
+    def status(self):
+        """This running session for a status page: client, backend, bytes each way so far, age, path."""
+        stats = self.statistics(None)
+        return {"client": stats["client"], "backend": stats["backend"] or (self.target and self.target.address),
+                "bytes_out": stats["bytes_out"], "bytes_in": stats["bytes_in"], "age": stats["duration"],
+                "path": stats["path"]}
+
     def readConnectionLost(self):
         # Seen only outside the splices: while reading the header, or copying.
         if self._copied("out"):
@@ -386,11 +403,12 @@ class RelayFactory(Factory):
     @param maxSessions: concurrent sessions (0: no cap); when full, the
         listening ports stop accepting and new clients wait in the backlog.
     @param name: the relay's name in logs and metrics.
-    @param metrics: a L{splicing.app.metrics.RelayMetrics}, or None.
+    @param metrics: an L{splicing.interfaces.IRelayMetrics}, or None.
     """
 
     protocol = RelayProtocol
     log = Logger()
+    kind = "tcp"
 
     def __init__(self, endpoints, backendPath="auto", idle=600.0, reactor=None, halfCloseTimeout=0.0,
                  sendProxy=None, allow=(), maxSessions=0, connectTimeout=10.0, name="tcp", metrics=None):
@@ -427,10 +445,14 @@ class RelayFactory(Factory):
             return
         self.table.admit(protocol)
 
-    def connectBackend(self, factory, endpoint=None):
-        """A Deferred (protocol, target): C{endpoint}, or the next of the targets."""
+    def backends(self):
+        """The L{splicing.relay.balance.Target}s, with their state (for status pages and metrics)."""
+        return list(self.balancer.targets)
+
+    def connectBackend(self, factory, endpoint=None, client=None):
+        """A Deferred (protocol, target): C{endpoint}, or the targets' choice for C{client}."""
         if endpoint is None:
-            return self.balancer.connect(factory)
+            return self.balancer.connect(factory, client)
         target = Target(endpoint, getattr(endpoint, "description", repr(endpoint)))
         return Balancer([target], self.reactor, self.balancer.timeout, onFailure=self._connectFailed).connect(factory)
 
