@@ -17,9 +17,11 @@ together), so each case costs a few tens of milliseconds and the idle-CPU
 sample.
 """
 
+import os
 import random
 import re
 import shutil
+import subprocess
 import threading
 import time
 
@@ -231,3 +233,30 @@ def test_tls_origin_closing_without_close_notify_loses_nothing(relays, target):
         else:
             assert b"Content-Length: %d" % ec.MiB in head and len(body) == 65536, (i, head, len(body))
     relay.check(target)
+
+
+CURL = shutil.which("curl")
+
+
+@pytest.mark.parametrize("kind", HTTP_KINDS)
+def test_real_clients_giving_up_mid_response(relays, kind):
+    """
+    What wrk and browsers do: httpx reads the first chunk of a 4 MiB body
+    and closes the stream; curl (when installed) gives up at a time limit
+    while rate-limited.  Then the relay holds nothing, as after raw sockets.
+    """
+    import httpx
+
+    relay = relays["http", kind]
+    scheme = "https" if relay.tls is not None else "http"
+    url = "%s://%s:%d/big" % ((scheme,) + relay.where)
+    with httpx.Client(verify=False, timeout=5.0) as client:
+        for _ in range(3):
+            with client.stream("GET", url) as response:
+                assert response.status_code == 200
+                next(response.iter_raw(65536))
+    if CURL is not None:
+        done = subprocess.run([CURL, "-sk", "-o", os.devnull, "--limit-rate", "200k", "--max-time", "0.3", url],
+                              timeout=10)
+        assert done.returncode == 28  # curl's "operation timed out": it gave up mid-body
+    relay.check("real clients")
