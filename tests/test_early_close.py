@@ -260,3 +260,46 @@ def test_real_clients_giving_up_mid_response(relays, kind):
                               timeout=10)
         assert done.returncode == 28  # curl's "operation timed out": it gave up mid-body
     relay.check("real clients")
+
+
+class _Transport:
+    """A transport as closing.reset sees it (abortConnection counts, then it is aborted)."""
+
+    def __init__(self, connected=True):
+        self.connected = connected
+        self.aborts = 0
+
+    def abortConnection(self):
+        self.aborts += 1
+        self._aborting = True
+
+
+def test_linger_resets_what_is_still_open_after_idle_and_never_twice():
+    """
+    A session closed gracefully whose peer stops reading would keep its
+    socket for as long as that peer lives: after --idle it is reset.
+    Cancelled (both connections lost in time), nothing happens; an aborted
+    or lost transport is never aborted again (Twisted's TLS transport raises).
+    """
+    from twisted.internet.task import Clock
+
+    from splicing.http.closing import Linger, reset
+
+    clock = Clock()
+    open_, lost = _Transport(), _Transport(connected=False)
+    linger = Linger(clock, 5.0)
+    linger.start(open_, lost, None)
+    clock.advance(4.9)
+    assert open_.aborts == 0
+    clock.advance(0.2)
+    assert (open_.aborts, lost.aborts) == (1, 0)
+    reset(open_)
+    assert open_.aborts == 1
+    quiet = _Transport()
+    linger = Linger(clock, 5.0)
+    linger.start(quiet)
+    linger.cancel()
+    clock.advance(10)
+    assert quiet.aborts == 0 and not clock.getDelayedCalls()
+    Linger(clock, 0).start(quiet)  # --idle 0: no bound, no timer
+    assert not clock.getDelayedCalls()
