@@ -156,3 +156,32 @@ class ISplicePath(Interface):
         Whether this path can serve the two described endpoints (see
         L{splicing.core.endpoint.describe}); returns True or False.
         """
+
+
+class IRelayMetrics(Interface):
+    """
+    What relays report to (L{splicing.relay.report.Reporter} carries each
+    event with the relay's name first); L{splicing.app.metrics.RelayMetrics}
+    implements it.  Given to a relay, never imported by it.
+    """
+
+    def watch(relay, table):
+        """Read C{table}'s C{active} and C{waiting} sessions when asked for them."""
+
+    def sessionEnded(relay, stats):
+        """A TCP relay's session ended, with the fields of its log event."""
+
+    def ended(relay, how, traffic):
+        """A session ended C{how}; C{traffic}: (direction, path, bytes) triples."""
+
+    def connectFailed(relay, target):
+        """A backend connect failed."""
+
+    def refused(relay, reason):
+        """A client was refused (C{reason}: "allow", "full", ...)."""
+
+    def httpRequest(relay):
+        """An HTTP request went to a backend."""
+
+    def httpResponse(relay, status):
+        """An HTTP response head went to a client."""

@@ -173,8 +173,18 @@ CASES = [
     Case("connect-not-enabled", b"CONNECT hostile.test:443 HTTP/1.1\r\nHost: hostile.test:443\r\n\r\n", (403,)),
     _case("upgrade-not-enabled", [b"Connection: Upgrade", b"Upgrade: websocket"], b"", 403, "",
           method=b"GET"),
-    _case("h2c-upgrade-not-enabled", [b"Connection: Upgrade, HTTP2-Settings", b"Upgrade: h2c",
-                                      b"HTTP2-Settings: AAMAAABkAAQAAP__"], b"", 403, "", method=b"GET"),
+    _accepted("h2c-upgrade-dropped", [b"Connection: Upgrade, HTTP2-Settings", b"Upgrade: h2c",
+                                      b"HTTP2-Settings: AAMAAABkAAQAAP__"], b"", b"",
+              "the h2c offer is withdrawn (as nginx, HAProxy): answered over HTTP/1.1", method=b"GET"),
+    # CL.0: an origin that ignores a GET's Content-Length would read the body as a second request
+    _case("get-with-cl-body", [CL + b"%d" % len(smuggled("get-with-cl-body"))], smuggled("get-with-cl-body"),
+          400, "CL.0: a GET body is refused, never forwarded", method=b"GET"),
+    _case("head-with-cl-body", [CL + b"%d" % len(smuggled("head-with-cl-body"))], smuggled("head-with-cl-body"),
+          400, "CL.0: a HEAD body", method=b"HEAD"),
+    _case("get-with-chunked-body", [TE], b"%x\r\n%s\r\n0\r\n\r\n" % (
+        len(smuggled("get-with-chunked-body")), smuggled("get-with-chunked-body")), 400,
+        "a chunked GET body", method=b"GET"),
+    _accepted("get-with-cl-0", [CL + b"0"], b"", b"", "Content-Length: 0 announces no body", method=b"GET"),
 ]
 
 BY_NAME = {c.name: c for c in CASES}

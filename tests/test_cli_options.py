@@ -28,6 +28,7 @@ BAD_OPTIONS = {
     "http-group": (["http", "--group", "nogroup"], "--group nogroup: expected NAME=ENDPOINT"),
     "http-set-header": (["http", "--set-header", "NoColon"], "--set-header:1: expected 'Name: value'"),
     "http-rules-missing": (["http", "--rules", "no-such-rules.txt"], "--rules no-such-rules.txt: No such file or directory"),
+    "http-error-pages": (["http", "--error-pages", "sometimes"], "--error-pages must be auto, on or off, not 'sometimes'"),
     "unknown": (["tcp", "--frobnicate"], "option --frobnicate not recognized"),
 }
 

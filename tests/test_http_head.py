@@ -468,9 +468,10 @@ def requests(draw):
     lines = [("Host", draw(st.sampled_from(["example.com", "a.b:8080", "[::1]", "10.0.0.1:1"])))]
     lines += draw(fields)
     body = draw(st.sampled_from(["", "length", "chunked"] if version == "HTTP/1.1" else ["", "length"]))
-    if body == "length" and method != "TRACE":
+    bodyless = method in ("TRACE", "GET", "HEAD", "COPY", "MOVE")  # refused with a body (CL.0)
+    if body == "length" and not bodyless:
         lines.append(("Content-Length", str(draw(st.integers(0, 2**63 - 1)))))
-    elif body == "chunked" and method != "TRACE":
+    elif body == "chunked" and not bodyless:
         lines.append(("Transfer-Encoding", "chunked"))
     text = "%s %s %s\r\n" % (method, target, version) + "".join("%s: %s\r\n" % f for f in lines) + "\r\n"
     return text.encode("latin-1")
@@ -584,3 +585,29 @@ def test_head_length_without_an_end_takes_everything():
     data = b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 10
     assert r.headLength(data) == len(data)
     assert r.feed(data) == (None, b"")
+
+
+@pytest.mark.parametrize("fields, kept", [
+    ([b"Connection: Upgrade, HTTP2-Settings", b"Upgrade: h2c", b"HTTP2-Settings: AAMAAABk"], []),
+    ([b"Connection: keep-alive, Upgrade, HTTP2-Settings", b"Upgrade: h2c", b"HTTP2-Settings: AAMAAABk"],
+     [b"Connection: keep-alive"]),
+    ([b"Connection: close, upgrade", b"Upgrade: H2C, websocket"], [b"Connection: close, upgrade", b"Upgrade: websocket"]),
+    ([b"Upgrade: h2c"], []),
+])
+def test_drop_h2c_upgrade(fields, kept):
+    """curl --http2's offer is withdrawn, as nginx and HAProxy do; other offers stay."""
+    head = parseRequestHead(b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(f + b"\r\n" for f in fields) + b"\r\n")
+    assert head.dropUpgrade(b"h2c")
+    assert head.serialize() == b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(f + b"\r\n" for f in kept) + b"\r\n"
+    assert head.upgrade == ("websocket" if kept[1:] else None)
+    assert not head.dropUpgrade(b"h2c")
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "COPY", "MOVE"])
+def test_bodies_of_bodiless_methods_are_refused(method):
+    """CL.0: an origin that ignores the length reads the body as a request; Content-Length: 0 is harmless."""
+    for framing in (b"Content-Length: 5", b"Transfer-Encoding: chunked"):
+        with pytest.raises(HTTPError) as e:
+            parseRequestHead(b"%s / HTTP/1.1\r\nHost: x\r\n%s\r\n\r\n" % (method.encode(), framing))
+        assert e.value.status == 400
+    assert parseRequestHead(b"%s / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n" % method.encode()).bodyKind == "none"

@@ -190,7 +190,7 @@ def test_comments_blank_lines_continuations_and_quotes():
     ('match header set "Content-Length" value "1"', 1, "Content-Length", "framing"),
     ('match header remove "transfer-encoding"', 1, "transfer-encoding", "framing"),
     ('block url set "x"', 1, "set", "url cannot set"),
-    ('block url "x" value "y"', 1, "value", "takes no value"),
+    ('block url "x" pattern "y"', 1, "pattern", "url takes a 'value'"),
     ('block header "X" pattern "a%"', 1, "a%", "bad pattern: malformed pattern (ends with '%')"),
     ('block header "X" pattern "[a"', 1, "[a", "missing ']'"),
     ('block header "X" regex "("', 1, "(", "bad regex"),
@@ -406,7 +406,10 @@ def test_cookie_matching():
     head = request(headers=[("Cookie", 'SID=abc; theme="dark"; $Path=/; flag')])
     assert action('block cookie "sid"', head) == "block"
     assert action('block cookie "theme" value "dark"', head) == "block"
-    assert action('block cookie "theme" value "DARK"', head) == "pass"
+    assert action('block cookie "theme" value "DARK"', head) == "block"   # relayd: FNM_CASEFOLD
+    assert action('block cookie "theme" value "D?RK"', head) == "block"
+    assert action('block cookie "theme" regex "DARK"', head) == "pass"   # the extensions match as written
+    assert action('block cookie "theme" value "light"', head) == "pass"
     assert action('block cookie "path"', head) == "pass"
     assert action('block cookie "flag"', head) == "pass"
     assert action('block cookie "x"', head) == "pass"
@@ -439,12 +442,13 @@ def test_cookie_on_responses_uses_set_cookie():
 
 # --- path -----------------------------------------------------------------------
 
-def test_path_key_glob_and_query_value_case_sensitive():
+def test_path_key_glob_case_sensitive_query_value_not():
     assert action('block path "/cgi-bin/*"', request("/cgi-bin/x")) == "block"
     assert action('block path "/CGI-BIN/*"', request("/cgi-bin/x")) == "pass"
     rules = 'block path "/cgi-bin/index.cgi" value "*command=*"'
     assert action(rules, request("/cgi-bin/index.cgi?x=1&command=ls")) == "block"
-    assert action(rules, request("/cgi-bin/index.cgi?COMMAND=ls")) == "pass"
+    assert action(rules, request("/cgi-bin/index.cgi?COMMAND=ls")) == "block"   # relayd: FNM_CASEFOLD
+    assert action(rules, request("/cgi-bin/index.cgi?x=ls")) == "pass"
     assert action(rules, request("/cgi-bin/index.cgi")) == "pass"
     assert action('block path', request("/anything")) == "block"
 
@@ -528,6 +532,16 @@ def test_url_host_suffixes_are_limited_to_five_labels():
 
 def test_url_without_host_does_not_match():
     assert action('block url "example.com/"', request("/", host=None)) == "pass"
+
+
+def test_url_with_value_as_relayd_regress_writes_it():
+    """relayd.conf(5): url [digest] KEY [value VALUE]; relayd looks the key up and ignores the value."""
+    head = request("/3", host="foo.bar")
+    assert action('block request url "foo.bar/3" value "*"', head) == "block"
+    assert action('block request url "foo.bar/3" value "nothing-like-it"', head) == "block"
+    assert action('block request url "foo.bar/4" value "*"', head) == "pass"
+    sha1 = hashlib.sha1(b"foo.bar/3").hexdigest()
+    assert action('block url digest "%s" value "*"' % sha1, head) == "block"
 
 
 def test_url_digest_sha1_and_md5():
@@ -787,3 +801,19 @@ def test_malformed_patterns(pattern, message):
 @given(st.text("ab*?[]!-", max_size=8), st.text("ab[]!-", max_size=8))
 def test_globs_agree_with_fnmatch_without_escapes(glob, subject):
     assert bool(globRegex(glob).fullmatch(subject)) == fnmatch.fnmatchcase(subject, glob)
+
+
+# --- error pages: return error, the shorthands, --error-pages ------------------------
+
+def test_error_pages_follow_return_error_the_shorthands_and_the_switch():
+    fileRules = parseRules('block path "/admin*"')
+    both = fileRules + shorthandRules(blockPaths=["/private*"])
+    byFile = both.evaluate("request", request("/admin/x"), ctx())
+    byShorthand = both.evaluate("request", request("/private/x"), ctx())
+    assert (byFile.action, byShorthand.action) == ("block", "block")
+    assert not both.answers(byFile) and both.answers(byShorthand)   # relayd's silent close; an answer
+    assert (parseRules("return error") + both).answers(byFile)
+    both.errorPages = True
+    assert both.answers(byFile) and both.answers(byShorthand)
+    both.errorPages = False
+    assert not both.answers(byFile) and not both.answers(byShorthand)

@@ -151,8 +151,8 @@ def test_config_errors_name_file_and_line(tmp_path):
         config.load(str(path), {"tcp": TCPOptions})
     path.write_text('[relay."a b"]\nconnect = ["tcp:host=h:port=1"]\nallow = ["1.2.3.4"]\nno-splice = true\n')
     loaded = config.load(str(path), {"tcp": TCPOptions})
-    options = loaded.relays["a b"].options
-    assert options["connect"] == ["tcp:host=h:port=1"] and options["backend"] == "mbuf"
+    relay = loaded.relays["a b"]  # a description: listeners and backends as tuples
+    assert relay.connect == ("tcp:host=h:port=1",) and relay.options["backend"] == "mbuf"
     assert loaded.relays["a b"] == config.load(str(path), {"tcp": TCPOptions}).relays["a b"]
 
 

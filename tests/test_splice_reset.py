@@ -13,6 +13,7 @@ import struct
 
 import pytest
 import pytest_twisted
+from twisted.internet.error import ConnectionAborted
 
 from harness import check_run, set_bufs, sleep, wait_until
 
@@ -41,3 +42,36 @@ async def test_backend_reset_while_its_drain_side_is_blocked(net, backend):
     assert back.result.error in (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED)
     await wait_until(lambda: backend_end.lost_at is not None, what="the backend side to be lost")
     # the net fixture fails the test if the reactor logged an error
+
+
+@pytest.mark.parametrize("backend", ["kernel", "mbuf"])
+@pytest_twisted.ensureDeferred
+async def test_done_callback_aborting_the_reset_drain(net, backend):
+    """
+    A splice ends because its drain was reset, and the application's C{done}
+    callback calls C{abortConnection()} on that drain, as a proxy closing
+    its session does.  Twisted queues C{connectionLost} for the abort; the
+    core must not lose the connection a second time behind it (it did:
+    C{KeyError: '_splicingBorrowed'} from the queued call, the transport's
+    record being gone).
+    """
+    client, client_peer = await net.tcp_pair(name="client")
+    drain, drain_peer = await net.tcp_pair(name="drain")
+    run = net.splice(client, drain, backend=backend)
+    drain.transport.pauseProducing()  # only the splice's write may see the reset
+    sock = drain_peer.transport.getHandle()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    drain_peer.transport.abortConnection()
+    await sleep(0.05)
+    aborted = []
+    run.on_done.append(lambda r: (aborted.append(True), drain.transport.abortConnection()))
+    client_peer.paused_by_harness = False
+    client_peer.transport.resumeProducing()
+    client_peer.transport.write(b"x" * (1 << 20))
+    await run.wait()
+    assert aborted
+    assert run.result.error in (errno.ECONNRESET, errno.EPIPE)
+    await wait_until(lambda: drain.lost_at is not None, what="the drain to be lost")
+    await sleep(0.05)  # the queued connectionLost has run
+    assert len(drain.after("connectionLost", 0)) == 1
+    assert drain.lost_reason.check(ConnectionAborted)  # the application's abort, not a second loss

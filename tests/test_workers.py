@@ -29,13 +29,13 @@ _STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
 
 def serving(relay, count=2):
     """{index: pid} once C{count} workers serve (the last ones started for each index)."""
-    relay.wait_for(r"\[worker \d+ splicing\.service\.RelayService#info\] try it", count)
+    relay.wait_for(r"\[worker \d+ splicing\.app\.service\.RelayService#info\] try it", count)
     return {int(i): int(pid) for i, pid in _STARTED.findall(relay.text())}
 
 
 def bound(relay, count):
     """The addresses the master bound, in --listen order."""
-    found = relay.wait_for(r"\[splicing\.workers\.Listener#info\] relay \S+ listening on (\S+)", count)
+    found = relay.wait_for(r"\[splicing\.app\.workers\.Listener#info\] relay \S+ listening on (\S+)", count)
     return [procs.address(a) for a in found]
 
 
@@ -95,7 +95,7 @@ def test_workers_share_sockets_sum_metrics_and_drain_on_sigterm(start, tmp_path)
             assert sessions < 200, ended
             checked_session(where, 1000 + sessions)
             sessions += 1
-            ended = relay.wait_for(r"\[worker (\d) splicing\.relay\.RelayFactory#info\] session ended: .*, eof",
+            ended = relay.wait_for(r"\[worker (\d) splicing\.relay\.tcp\.RelayFactory#info\] session ended: .*, eof",
                                    sessions)
         text = scrape(metrics)
         assert re.search(r'splicing_sessions_total\{how="eof",relay="tcp"\} %d\.0' % sessions, text), text

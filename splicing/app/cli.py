@@ -2,17 +2,31 @@
 The command line: C{twistd splice tcp|udp ...}, C{twistd splice --config
 FILE} (and the same with C{twist}).  Options are checked completely before
 anything starts; each error names the option (or the file and line).
+
+Parsing ends in a description (L{splicing.app.spec.Config}, C{options["relays"]});
+L{makeService} runs it.  A relay kind's options are listed once, in its
+C{usage.Options} class below: the config file accepts the same keys and
+every description carries them.
 """
 
+import dataclasses
+import os
 import sys
 
-from twisted.internet import endpoints
+from twisted.application import service
 from twisted.python import usage
 
-from splicing.app import config as configfile
 from splicing import paths
-from splicing.relay import proxyheader
+from splicing.app import config as configfile, validation
+from splicing.app.build import ERROR_PAGES, buildRelay, parseGroups, ruleSet
+from splicing.app.metrics import RelayMetrics
+from splicing.app.service import MetricsService, relaysService
+from splicing.app.spec import Config, RelaySpec
+from splicing.app.workers import WorkerPool
+from splicing.http.rulesyntax import RuleError
+from splicing.relay import checks, proxyheader, udp
 from splicing.relay.access import parseNetwork
+from splicing.relay.balance import POLICIES
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 
@@ -24,13 +38,22 @@ def _number(name, kind=float, minimum=0):
         try:
             number = kind(value)
         except (TypeError, ValueError):
-            raise usage.UsageError("--%s takes a number, not %r" % (name, value))
+            whole = " whole" if kind is int and _isNumber(value) else ""
+            raise usage.UsageError("--%s takes a%s number, not %r" % (name, whole, value))
         if not number >= minimum or number == float("inf"):
             raise usage.UsageError("--%s must be a finite number >= %s, not %r" % (name, minimum, value))
         return number
 
     parse.coerceDoc = ""
     return parse
+
+
+def _isNumber(value):
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _repeatable(key, doc):
@@ -44,6 +67,7 @@ def _repeatable(key, doc):
 
 
 def _reactor():
+    # twist installs the reactor it was asked for after importing this module
     from twisted.internet import reactor
 
     return reactor
@@ -73,6 +97,13 @@ class _StreamOptions(_Shared):
         ["backend", None, "auto", "Splice path: auto, kernel, mbuf or transport."],
         ["idle", None, 600.0, "End a session after this many seconds without a byte either way (0: never).",
          _number("idle")],
+        ["balance", None, "roundrobin", "How each session's backend is chosen: " + ", ".join(POLICIES) + "."],
+        ["check", None, None, "Check the backends actively: tcp, 'http /PATH [code N]' or "
+         "'send STRING expect STRING'; a failing one leaves the rotation."],
+        ["check-interval", None, checks.DEFAULT_INTERVAL, "Seconds between two checks of a backend.",
+         _number("check-interval", float, 0.05)],
+        ["check-timeout", None, checks.DEFAULT_TIMEOUT, "Seconds a check may take before it fails.",
+         _number("check-timeout", float, 0.01)],
     ]
 
     def __init__(self):
@@ -96,6 +127,13 @@ class _StreamOptions(_Shared):
                 parseNetwork(network)
             except ValueError as e:
                 raise usage.UsageError("--allow %s" % (e,))
+        if self["balance"] not in POLICIES:
+            raise usage.UsageError("--balance must be one of %s, not %r" % (", ".join(POLICIES), self["balance"]))
+        if self["check"] is not None:
+            try:
+                checks.parseCheck(self["check"])
+            except ValueError as e:
+                raise usage.UsageError("--check %s" % (e,))
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
         for description in self["listen"]:
@@ -144,6 +182,9 @@ class HTTPOptions(_StreamOptions):
          _number("header-timeout")],
         ["backend-timeout", None, 60.0, "Seconds the backend may take to answer (504 after).",
          _number("backend-timeout")],
+        ["error-pages", None, "auto", "What a request blocked by a rule gets: auto (the shorthands such as "
+         "--block-path answer 403; a rules file answers only if it says 'return error', as relayd), "
+         "on (always an error page) or off (the connection is closed)."],
     ]
 
     def __init__(self):
@@ -160,33 +201,29 @@ class HTTPOptions(_StreamOptions):
     opt_remove_response_header = _repeatable("remove-response-header", "Remove a response header (repeatable).")
 
     def postOptions(self):
-        from splicing.http.rules import RuleError, parseRules, shorthandRules
-
         _StreamOptions.postOptions(self)
         if self["header-limit"] > 131072:
             raise usage.UsageError("--header-limit may be at most 131072, not %d" % (self["header-limit"],))
-        groups = {}
-        for entry in self["group"]:
-            name, eq, description = entry.partition("=")
-            if not eq or not name:
-                raise usage.UsageError("--group %s: expected NAME=ENDPOINT" % (entry,))
-            _checkClient("group", description)
-            groups.setdefault(name, []).append(description)
-        self["groups"] = groups
         try:
-            rules = shorthandRules(self["block-path"], self["set-header"], self["remove-header"],
-                                   self["set-response-header"], self["remove-response-header"])
-            if self["rules"] is not None:
-                try:
-                    with open(self["rules"]) as f:
-                        text = f.read()
-                except OSError as e:
-                    raise usage.UsageError("--rules %s: %s" % (self["rules"], e.strerror))
-                rules = parseRules(text, self["rules"]) + rules
-            rules.checkGroups(list(groups))
+            groups = parseGroups(self["group"])
+        except ValueError as e:
+            raise usage.UsageError(str(e))
+        for descriptions in groups.values():
+            for description in descriptions:
+                _checkClient("group", description)
+        self.files = {}
+        if self["rules"] is not None:
+            try:
+                with open(self["rules"]) as f:
+                    self.files[self["rules"]] = f.read()
+            except OSError as e:
+                raise usage.UsageError("--rules %s: %s" % (self["rules"], e.strerror))
+        if self["error-pages"] not in ERROR_PAGES:
+            raise usage.UsageError("--error-pages must be auto, on or off, not %r" % (self["error-pages"],))
+        try:
+            ruleSet(self, self.files)
         except RuleError as e:
             raise usage.UsageError(str(e))
-        self["ruleset"] = rules if len(rules) or rules.returnError else None
 
 
 class UDPOptions(_Shared):
@@ -201,11 +238,6 @@ class UDPOptions(_Shared):
     ]
 
     def postOptions(self):
-        try:
-            from splicing.relay import udp
-        except ImportError as e:  # built in parallel; the TCP relays do not need it
-            raise usage.UsageError("udp relays are not available: %s" % (e,))
-
         for name, parse in (("listen", udp.parseUDPListen), ("connect", udp.parseUDPConnect)):
             if self[name] is None:
                 raise usage.UsageError("--%s is required" % (name,))
@@ -216,22 +248,20 @@ class UDPOptions(_Shared):
         self._checkMetrics()
 
 
-def _check(option, description, parse):
+def _checkEndpoint(check, option, description):
     """Parse an endpoint string now, so a bad one is a usage error naming the option."""
     try:
-        parse(_reactor(), description)
-    except (ValueError, TypeError, KeyError) as e:
+        check(_reactor(), description)
+    except validation.EndpointError as e:
         raise usage.UsageError("--%s %s: %s" % (option, description, e))
 
 
 def _checkServer(option, description):
-    _check(option, description, endpoints.serverFromString)
+    _checkEndpoint(validation.checkServer, option, description)
 
 
 def _checkClient(option, description):
-    from splicing.relay.balance import clientFromString
-
-    _check(option, description, clientFromString)
+    _checkEndpoint(validation.checkClient, option, description)
 
 
 _WORKERS = ["workers", None, None, "Serve from N processes sharing the listening sockets (default 1).",
@@ -277,7 +307,29 @@ docs/http.md and docs/http-rules.md in splicing's source tree.
 """
 
 
+def _program():
+    """twistd or twist, as the user typed it (not its full path)."""
+    name = os.path.basename(sys.argv[0]) if sys.argv else ""
+    if name in ("twistd", "twist"):
+        return name
+    return "twist" if name == "__main__.py" else "twistd"
+
+
+def _errorLine(options, error):
+    """The one line a usage error prints: where, what, and where the full help is."""
+    command = "%s splice" % (_program(),)
+    helpCommand = command + (" " + options.subCommand if getattr(options, "subCommand", None) else "")
+    return "%s: error: %s (see '%s --help')" % (command, error, helpCommand)
+
+
 class Options(usage.Options):
+    """
+    C{twistd splice}'s options.  Once parsed, C{self["relays"]} is the
+    description of what to run (a L{Config}) and C{self["reload"]} a
+    callable that reads it again (the C{--config} file, or this command
+    line with its C{--rules} files): SIGHUP's.
+    """
+
     synopsis = "tcp|udp|http [options] | --config FILE"
     longdesc = "Spliced relays: TCP, UDP and an HTTP-filtering proxy, from the command line or a TOML file."
 
@@ -289,12 +341,24 @@ class Options(usage.Options):
 
     @property
     def subCommands(self):
-        return [[kind, None, _onCommandLine(options), doc] for kind, (options, _, doc) in sorted(RELAYS.items())]
+        return [[kind, None, _onCommandLine(options), doc] for kind, (options, doc) in sorted(RELAYS.items())]
 
     def parseOptions(self, options=None):
-        """Parse C{options}, kept as C{argv}: worker processes parse the same (L{splicing.app.workers})."""
+        """
+        What twistd and twist call: bad input ends the process with status 1
+        and one line (they would print the whole usage before it, or a
+        traceback for anything but a C{usage.UsageError}).
+        """
+        try:
+            self.parse(options)
+        except usage.UsageError as e:
+            raise SystemExit(_errorLine(self, e))
+
+    def parse(self, options=None):
+        """Parse C{options}, kept as C{argv} to parse again on SIGHUP.  Raises C{usage.UsageError}."""
         self.argv = list(sys.argv[1:] if options is None else options)
         usage.Options.parseOptions(self, options)
+
 
     def postOptions(self):
         sub = getattr(self, "subOptions", None) or {}
@@ -305,136 +369,73 @@ class Options(usage.Options):
         if self["config"] and self.subCommand:
             raise usage.UsageError("--config and a %s subcommand exclude each other" % (self.subCommand,))
         if self["config"]:
-            path = self["config"]
-            self["reload"] = lambda: configfile.load(path, {k: v[0] for k, v in RELAYS.items()})
+            self["reload"] = _fileLoader(self["config"], self["workers"])
             try:
                 self["relays"] = self["reload"]()
             except configfile.ConfigError as e:
                 raise usage.UsageError(str(e))
         elif self.subCommand is None:
-            raise usage.UsageError("choose a relay: tcp, udp or http (see --help), or --config FILE")
+            raise usage.UsageError("choose a relay: tcp, udp or http, or --config FILE")
         else:
-            relay = configfile.Relay(self.subCommand, None, self.subOptions)
-            self["relays"] = configfile.Config({self.subCommand: relay}, self.subOptions["metrics"])
+            relay = RelaySpec.fromOptions(self.subCommand, self.subCommand, self.subOptions,
+                                          getattr(self.subOptions, "files", {}))
+            self["relays"] = Config({relay.name: relay}, self.subOptions["metrics"], self["workers"])
+            self["reload"] = _commandLineLoader(self.argv)
 
 
-class _DemoEndpoint:
-    """Connects to the demo origin, whose port is known only once it started."""
+def _fileLoader(path, workers):
+    """A callable that reads the relays of the config file at C{path} (raises L{configfile.ConfigError})."""
 
-    description = "demo-origin"  # the target's name in metrics, as the TCP relay's
+    def load():
+        return dataclasses.replace(configfile.load(path, KINDS), workers=workers)
 
-    def __init__(self, reactor, origin):
-        self.reactor = reactor
-        self.origin = origin
-
-    def connect(self, factory):
-        return endpoints.TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.origin.port).connect(factory)
+    return load
 
 
-def _tcpService(name, options, metrics, reactor):
-    from splicing.relay.balance import Balancer, Target, clientFromString
-    from splicing.relay.tcp import RelayFactory
+def _commandLineLoader(argv):
+    """A callable that parses C{argv} again (raises C{usage.UsageError})."""
 
-    targets = [Target(clientFromString(reactor, c), c) for c in options["connect"]]
-    hint, origin = "curl telnet://{host}:{port}", None
-    if not targets:
-        origin, endpoint = _demo(reactor)
-        targets = [Target(endpoint, "demo-origin")]
-        hint = "curl http://{host}:{port}/"
-    factory = RelayFactory(
-        Balancer(targets, reactor, timeout=options["connect-timeout"]),
-        backendPath=options["backend"],
-        idle=options["idle"],
-        halfCloseTimeout=options["half-close-timeout"],
-        sendProxy=options["send-proxy"],
-        allow=options["allow"],
-        maxSessions=options["max-sessions"],
-        name=name,
-        metrics=metrics,
-        reactor=reactor,
-    )
-    return _relayService(options, factory, origin, hint, reactor)
+    def load():
+        options = Options()
+        options.parse(argv)
+        return options["relays"]
+
+    return load
 
 
-def _demo(reactor):
-    """The demo origin (a service) and an endpoint that reaches it."""
-    from splicing.app.demo import DemoOrigin
-
-    origin = DemoOrigin(reactor)
-    return origin, _DemoEndpoint(reactor, origin)
-
-
-def _relayService(options, factory, origin, hint, reactor):
-    """A stream relay's service, with the demo origin as its child when there is one."""
-    from splicing.app.service import RelayService
-
-    relay = RelayService(options["listen"], factory, hint=hint, reactor=reactor,
-                         shutdownTimeout=options["shutdown-timeout"])
-    if origin is not None:
-        origin.setServiceParent(relay)
-    return relay
-
-
-def _backends(reactor, options, descriptions):
-    """One client endpoint: round-robin with failover over C{descriptions}."""
-    from splicing.relay.balance import BalancedEndpoint, Balancer, Target, clientFromString
-
-    targets = [Target(clientFromString(reactor, c), c) for c in descriptions]
-    return BalancedEndpoint(Balancer(targets, reactor, timeout=options["connect-timeout"]))
-
-
-def _httpService(name, options, metrics, reactor):
-    from splicing.http.proxy import HTTPProxyFactory
-
-    origin = None
-    if options["connect"]:
-        default = [_backends(reactor, options, options["connect"])]
-    else:
-        origin, endpoint = _demo(reactor)
-        default = [endpoint]
-    factory = HTTPProxyFactory(
-        default,
-        groups={g: [_backends(reactor, options, d)] for g, d in options["groups"].items()},
-        rules=options["ruleset"],
-        backendPath=options["backend"],
-        headerLimit=options["header-limit"],
-        maxHeaderLines=options["max-header-lines"],
-        headerTimeout=options["header-timeout"],
-        backendTimeout=options["backend-timeout"],
-        idle=options["idle"],
-        allowUpgrade=options["websockets"],
-        allowConnect=options["connect-method"],
-        allow=options["allow"],
-        maxSessions=options["max-sessions"],
-        name=name,
-        metrics=metrics,
-        reactor=reactor,
-    )
-    return _relayService(options, factory, origin, "curl http://{host}:{port}/", reactor)
-
-
-def _udpService(name, options, metrics, reactor):
-    from splicing.relay.udp import UDPRelayService
-
-    return UDPRelayService(options["listen"], options["connect"], idle=options["idle"],
-                           maxSessions=options["max-sessions"], reactor=reactor, name=name, metrics=metrics)
-
-
-#: The relay kinds: subcommand (and config "type") -> (usage.Options class,
-#: builder (name, options, metrics, reactor) -> IService, description).
+#: The relay kinds: subcommand (and config "type") -> (usage.Options class, description).
 RELAYS = {
-    "tcp": (TCPOptions, _tcpService, "A TCP relay."),
-    "http": (HTTPOptions, _httpService, "An HTTP-filtering proxy (relayd rules, bodies spliced)."),
-    "udp": (UDPOptions, _udpService, "A UDP relay."),
+    "tcp": (TCPOptions, "A TCP relay."),
+    "http": (HTTPOptions, "An HTTP-filtering proxy (relayd rules, bodies spliced)."),
+    "udp": (UDPOptions, "A UDP relay."),
 }
+KINDS = {kind: options for kind, (options, _) in RELAYS.items()}
 
 
-def buildRelay(name, relay, metrics, reactor):
-    """The IService of one relay (a L{splicing.app.config.Relay}) called C{name}."""
-    return RELAYS[relay.kind][1](name, relay.options, metrics, reactor)
+def runService(config, load, reactor):
+    """
+    A C{MultiService} that runs C{config} (a L{Config}): its relays, or
+    with C{workers} > 1 the master of that many worker processes
+    (L{WorkerPool}); its metrics endpoint, if any.  C{load} reads the
+    description again on SIGHUP (a config file's relays; a worker pool's).
+    """
+    top = service.MultiService()
+    if config.workers > 1:
+        relays = WorkerPool(config, load, reactor)
+        metrics = relays.metrics
+    else:
+        metrics = RelayMetrics() if config.metrics else None
+        relays = relaysService(config, lambda spec: buildRelay(spec, metrics, reactor),
+                               load if config.path else None, reactor)
+    if config.metrics:
+        MetricsService(config.metrics, metrics, reactor).setServiceParent(top)
+    relays.setServiceParent(top)
+    return top
 
 
 def makeService(options):
-    from splicing.app.service import makeService
+    """What C{twistd splice} runs, from its parsed L{Options}."""
+    return runService(options["relays"], options["reload"], _reactor())
 
-    return makeService(options)
+
+__all__ = ["Options", "makeService", "runService", "RELAYS", "KINDS"]

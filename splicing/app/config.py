@@ -14,7 +14,8 @@ one process, reloaded on SIGHUP.
 
 A relay's keys are its subcommand's long options without the dashes, and
 mean the same; they are checked by the same code, so an error names the
-file, the line and the option.
+file, the line and the option.  The result is the same description the
+command line gives (L{splicing.app.spec.Config}).
 """
 
 import re
@@ -26,6 +27,8 @@ except ImportError:  # Python 3.10
 
 from twisted.python import usage
 
+from splicing.app.spec import Config, RelaySpec
+
 
 class ConfigError(Exception):
     """A bad config file: C{str()} is "file:line: message" (or "file: message")."""
@@ -33,32 +36,6 @@ class ConfigError(Exception):
     def __init__(self, path, line, message):
         where = path if line is None else "%s:%s" % (path, line)
         Exception.__init__(self, "%s: %s" % (where, message))
-
-
-class Relay:
-    """One relay: its kind ("tcp", "udp"), its settings and its parsed options."""
-
-    def __init__(self, kind, settings, options):
-        self.kind = kind
-        self.settings = settings
-        self.options = options
-
-    def __eq__(self, other):
-        return isinstance(other, Relay) and (self.kind, self.settings) == (other.kind, other.settings)
-
-    def __ne__(self, other):
-        return not self == other
-
-    def __repr__(self):
-        return "<Relay %s %r>" % (self.kind, self.settings)
-
-
-class Config:
-    """What a file (or a command line) asks for: a metrics endpoint and relays by name."""
-
-    def __init__(self, relays, metrics=None):
-        self.relays = relays
-        self.metrics = metrics
 
 
 class _Lines:
@@ -128,13 +105,14 @@ def _parseRelay(path, lines, name, settings, kinds):
         option = re.match(r"--([\w-]+)", message)
         line = lines.key(option.group(1), name) if option else lines.header(name)
         raise ConfigError(path, line, "relay %s: %s" % (name, message))
-    return Relay(kind, settings, options)
+    return RelaySpec.fromOptions(kind, name, options, getattr(options, "files", {}))
 
 
 def load(path, kinds):
     """
-    Parse the file at C{path}; C{kinds} maps relay types to their
-    C{usage.Options} classes.  Raises L{ConfigError}.
+    The L{Config} (relay descriptions) of the file at C{path}; C{kinds}
+    maps relay types to the C{usage.Options} classes that check their
+    options.  Raises L{ConfigError}.
     """
     try:
         with open(path, "rb") as f:
@@ -158,7 +136,7 @@ def load(path, kinds):
     relays = data.get("relay", {})
     if not isinstance(relays, dict) or not relays:
         raise ConfigError(path, 1, "no relays: add a [relay.NAME] table")
-    return Config({name: _parseRelay(path, lines, name, s, kinds) for name, s in relays.items()}, metrics)
+    return Config({name: _parseRelay(path, lines, name, s, kinds) for name, s in relays.items()}, metrics, path=path)
 
 
-__all__ = ["load", "Config", "Relay", "ConfigError"]
+__all__ = ["load", "ConfigError"]

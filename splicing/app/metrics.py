@@ -1,17 +1,30 @@
 """
-Prometheus metrics (C{--metrics ENDPOINT}): sessions, bytes, errors and the
-kernel path's pipes, served by C{twisted.web} on any server endpoint.  Every
-relay kind (TCP, HTTP, UDP) reports to the same families, told apart by
-their C{relay} label; the HTTP proxy adds its requests and responses.
+Prometheus metrics (C{--metrics ENDPOINT}): sessions, bytes (live: see
+L{splicing.app.live}), errors, backends, the kernel path's pipes and the
+standard process and platform collectors, served by C{twisted.web} on any
+server endpoint with the status page (L{splicing.app.web}).  Every relay
+kind (TCP, HTTP, UDP) reports to the same families, told apart by their
+C{relay} label; the HTTP proxy adds its requests and responses.
 
 Each process has its own registry (not prometheus_client's global one), so
-several relays, or tests, can run in one process without clashing.
+several relays, or tests, can run in one process without clashing.  No
+C{_created} series are exported (they double the output and Prometheus
+needs none).
 """
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import (
+    CollectorRegistry, Counter, GCCollector, Gauge, PlatformCollector, ProcessCollector, disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
+from twisted.internet import defer
+from zope.interface import implementer
 
-from splicing.app.service import ListeningService
+from splicing.app import status
+from splicing.app.live import BackendStates, LiveTraffic
+from splicing.interfaces import IRelayMetrics
+from splicing.paths.kernel import pipePool
+
+disable_created_metrics()
 
 
 class _LiveCollector:
@@ -28,8 +41,6 @@ class _LiveCollector:
             waiting.add_metric([name], len(table.waiting))
         yield active
         yield waiting
-        from splicing.paths.kernel import pipePool
-
         pool = pipePool()
         for name, value, doc in (("in_use", pool.inUse, "Pipes holding spliced bytes"),
                                  ("idle", pool.idle, "Empty pipes kept for reuse"),
@@ -37,12 +48,13 @@ class _LiveCollector:
             yield GaugeMetricFamily("splicing_pipes_" + name, doc, value=value)
 
 
+@implementer(IRelayMetrics)
 class RelayMetrics:
     """
     The relays' counters: a L{splicing.relay.tcp.RelayFactory}, an
     L{splicing.http.proxy.HTTPProxyFactory} and a
     L{splicing.relay.udp.UDPRelayService} report to it (the last two through a
-    L{Reporter}).  Everything is in C{registry}, so L{snapshot} and
+    L{splicing.relay.report.Reporter}).  Everything is in C{registry}, so L{snapshot} and
     L{combine} carry it from C{--workers}' workers to their master.
     """
 
@@ -50,7 +62,6 @@ class RelayMetrics:
         self.registry = CollectorRegistry() if registry is None else registry
         r = self.registry
         self.sessions = Counter("splicing_sessions", "Sessions ended", ["relay", "how"], registry=r)
-        self.bytes = Counter("splicing_bytes", "Bytes relayed", ["relay", "direction", "path"], registry=r)
         self.connectErrors = Counter("splicing_connect_errors", "Failed backend connects", ["relay", "target"], registry=r)
         self.refusedClients = Counter("splicing_refused", "Clients refused", ["relay", "reason"], registry=r)
         self.httpRequests = Counter("splicing_http_requests", "HTTP requests accepted for a backend", ["relay"],
@@ -59,6 +70,12 @@ class RelayMetrics:
                                      ["relay", "code_class"], registry=r)
         self._live = _LiveCollector()
         r.register(self._live)
+        self.traffic = LiveTraffic(self._live.tables)
+        r.register(self.traffic)
+        #: relay name -> its service, for the backends' gauges and the status page
+        self.relays = {}
+        r.register(BackendStates(self.relays))
+        processCollectors(r)
 
     def watch(self, relay, table):
         """
@@ -67,6 +84,14 @@ class RelayMetrics:
         L{splicing.relay.sessions.SessionTable}), read at each scrape.
         """
         self._live.tables[relay] = table
+
+    def watchRelay(self, relay, service):
+        """
+        Read C{relay}'s backends and sessions from its C{service} (see
+        L{splicing.app.status.relayOf}) for the backends' gauges and the
+        status page; a relay built again under the same name replaces it.
+        """
+        self.relays[relay] = service
 
     def sessionEnded(self, relay, stats):
         """A TCP relay's session ended: C{stats} as L{splicing.relay.tcp.RelayProtocol.statistics} gives them."""
@@ -80,8 +105,7 @@ class RelayMetrics:
         backend, "in" backend to client, as in the TCP relay's logs.
         """
         self.sessions.labels(relay, how).inc()
-        for direction, path, n in traffic:
-            self.bytes.labels(relay, direction, path).inc(n)
+        self.traffic.add(relay, traffic)
 
     def connectFailed(self, relay, target):
         self.connectErrors.labels(relay, target).inc()
@@ -98,34 +122,47 @@ class RelayMetrics:
 
     def snapshot(self):
         """Every sample now, as JSON-able data (a worker sends it to its master)."""
-        return [[m.name, m.type, m.documentation, [[s.name, s.labels, s.value] for s in m.samples]]
-                for m in self.registry.collect()]
+        return snapshot(self.registry)
+
+    def collector(self):
+        """What the endpoint renders (L{splicing.app.web}): this process's registry."""
+        return self.registry
+
+    def status(self):
+        """The status document of this process's relays (L{splicing.app.status})."""
+        return status.document(sorted(self.relays.items()))
 
 
-class Reporter:
-    """
-    One relay's line to a L{RelayMetrics}, or to none: the relay reports
-    unconditionally, C{report("refused", "allow")}, and its name is added.
+def processCollectors(registry):
+    """prometheus_client's standard collectors (process, platform, garbage collector) in C{registry}."""
+    for collector in (ProcessCollector, PlatformCollector, GCCollector):
+        collector(registry=registry)
 
-    @param table: what L{RelayMetrics.watch} reads the relay's live
-        sessions from, or None.
-    """
 
-    def __init__(self, metrics, relay, table=None):
-        self.metrics = metrics
-        self.relay = relay
-        if metrics is not None and table is not None:
-            metrics.watch(relay, table)
+def snapshot(registry):
+    """Every sample of C{registry} now, as JSON-able data."""
+    return [[m.name, m.type, m.documentation, [[s.name, s.labels, s.value] for s in m.samples]]
+            for m in registry.collect()]
 
-    def __call__(self, event, *args):
-        if self.metrics is not None:
-            getattr(self.metrics, event)(self.relay, *args)
+
+#: Samples that are not summed over processes: the oldest start, the
+#: smallest limit, a backend up only if up in every worker, one python_info.
+_SMALLEST = {"process_start_time_seconds", "process_max_fds", "splicing_backend_up"}
+_LARGEST = {"python_info"}
+
+
+def _join(sample, a, b):
+    if sample in _SMALLEST:
+        return min(a, b)
+    if sample in _LARGEST:
+        return max(a, b)
+    return a + b
 
 
 def combine(snapshots, kinds=None):
     """
-    The sum of L{RelayMetrics.snapshot}s, sample by sample (a C{_created}
-    timestamp takes the earliest); only families of C{kinds} if given.
+    The sum of L{RelayMetrics.snapshot}s, sample by sample (but see
+    L{_SMALLEST} and L{_LARGEST}); only families of C{kinds} if given.
     """
     families = {}
     for snapshot in snapshots:
@@ -136,7 +173,7 @@ def combine(snapshots, kinds=None):
             for sample, labels, value in samples:
                 key = (sample, tuple(sorted(labels.items())))
                 if key in values:
-                    value = min(value, values[key]) if sample.endswith("_created") else value + values[key]
+                    value = _join(sample, values[key], value)
                 values[key] = value
     return [[name, kind, doc, [[sample, dict(labels), value] for (sample, labels), value in sorted(values.items())]]
             for name, (kind, doc, values) in sorted(families.items())]
@@ -145,12 +182,14 @@ def combine(snapshots, kinds=None):
 class WorkerMetrics:
     """
     What the master of C{--workers N} serves: the sum of its workers'
-    metrics, asked for at each scrape, and its own (workers running,
-    restarts).  The counters of workers that ended are kept
+    metrics, asked for at each scrape, with the master's own process
+    metrics and its own (workers running, restarts); the merge of their
+    status pages.  The counters of workers that ended are kept
     (L{retire}), so no total ever goes down.
 
-    @param gather: called in the reactor thread, returns a Deferred firing
-        with the running workers' snapshots.
+    @param gather: called in the reactor thread with "metrics" or
+        "status", returns a Deferred firing with the running workers'
+        snapshots or status documents.
     """
 
     def __init__(self, gather, reactor):
@@ -161,38 +200,36 @@ class WorkerMetrics:
         self.workers = Gauge("splicing_workers", "Worker processes running", registry=r)
         self.restarts = Counter("splicing_worker_restarts", "Workers restarted after an unexpected exit",
                                 registry=r)
-        r.register(self)
+        processCollectors(r)
 
     def retire(self, snapshot):
         """Keep the counters of a worker that ended, as last reported."""
         self.retired = combine([self.retired, snapshot], kinds=("counter",))
 
-    def collect(self):
-        """Called by the endpoint in a thread of the reactor's pool (prometheus_client's WSGI app)."""
-        from twisted.internet.threads import blockingCallFromThread
+    def collector(self):
+        """A Deferred of what the endpoint renders: every process's metrics, combined."""
+        return self.gather("metrics").addCallback(self._combined)
 
-        snapshots = blockingCallFromThread(self.reactor, self.gather)
-        for name, kind, doc, samples in combine([self.retired] + snapshots):
+    def _combined(self, snapshots):
+        return _Families(combine([self.retired, snapshot(self.registry)] + list(snapshots)))
+
+    def status(self):
+        """A Deferred status document: the workers' merged."""
+        return defer.maybeDeferred(self.gather, "status").addCallback(status.merge)
+
+
+class _Families:
+    """Combined snapshots as a collector prometheus_client renders."""
+
+    def __init__(self, families):
+        self.families = families
+
+    def collect(self):
+        for name, kind, doc, samples in self.families:
             family = Metric(name, doc, kind)
             for sample in samples:
                 family.add_sample(*sample)
             yield family
 
 
-class MetricsService(ListeningService):
-    """Serves C{metrics}' registry (at any path) on a server endpoint string."""
-
-    what = "metrics"
-
-    def __init__(self, description, metrics, reactor=None):
-        from prometheus_client.twisted import MetricsResource
-        from twisted.web.server import Site
-
-        site = Site(MetricsResource(metrics.registry))
-        site.name = "http"
-        site.noisy = False
-        ListeningService.__init__(self, [description], site, reactor)
-        self.metrics = metrics
-
-
-__all__ = ["RelayMetrics", "Reporter", "WorkerMetrics", "MetricsService", "combine"]
+__all__ = ["RelayMetrics", "WorkerMetrics", "combine"]

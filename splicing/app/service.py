@@ -1,8 +1,11 @@
 """
 Relays as Twisted services, to compose with an application's own services
 in a C{MultiService}: L{RelayService} (one TCP relay, with graceful stop),
-L{ConfigService} (the relays of a TOML file, reloaded on SIGHUP) and
-L{makeService} (what C{twistd splice} runs).
+L{ConfigService} (the relays of a TOML file, reloaded on SIGHUP),
+L{MetricsService} (serves the metrics it is given) and L{relaysService}
+(the relays of a L{splicing.app.spec.Config}).  They take descriptions and
+a function that builds a relay from one; what C{twistd splice} runs is
+L{splicing.app.cli.makeService}.
 """
 
 import atexit
@@ -14,6 +17,9 @@ from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
+from splicing.app import spec
+from splicing.app.web import site
+from splicing.relay import alpn
 from splicing.relay.access import formatAddress
 
 
@@ -71,8 +77,8 @@ class ListeningService(service.MultiService):
             d.addCallbacks(self._listening, self._failed, errbackArgs=(description,))
 
     def endpoint(self, reactor, description):
-        """The server endpoint C{description} names (a hook)."""
-        return endpoints.serverFromString(reactor, description)
+        """The server endpoint C{description} names (a hook); TLS ones answer ALPN (L{alpn.repair})."""
+        return alpn.repair(endpoints.serverFromString(reactor, description))
 
     def _listening(self, port):
         if not self.running:
@@ -134,11 +140,18 @@ class RelayService(ListeningService):
             self.log.info("try it: {command}", command=self.hint.format(host=host, port=address.port))
 
     def stopAccepting(self):
-        """Stop accepting new clients; running sessions go on."""
+        """
+        Stop accepting new clients; running sessions go on.  Helpers that
+        serve only new sessions (C{whileAccepting}: health checks) stop
+        too: a retired relay checks no backend and logs no change.
+        """
         table = self.factory.table
         table.accepting = False
         for port in self.ports:
             table.removePort(port)
+        for child in list(self):
+            if getattr(child, "whileAccepting", False) and child.running:
+                child.stopService()
         return self.stopListening()
 
     def retire(self):
@@ -203,7 +216,7 @@ class ConfigService(service.Service):
         self._previous = onSIGHUP(self.reactor, self.reload)
 
     def _start(self, name, relay):
-        svc = self.build(name, relay)
+        svc = self.build(relay)
         self.relays[name] = (relay, svc)
         svc.startService()
 
@@ -244,62 +257,41 @@ def onSIGHUP(reactor, callback):
 
 
 def difference(old, new, log):
-    """
-    What a reload does to relays by name (L{splicing.app.config.Relay}s): the
-    names to start and the names to stop (changed ones are both); logged.
-    """
-    gone = [n for n in old if n not in new or new[n] != old[n]]
-    fresh = [n for n in new if n not in old or new[n] != old[n]]
+    """L{splicing.app.spec.difference}, logged: the names of relays to start and to stop."""
+    fresh, gone = spec.difference(old, new)
     log.info("reload: start {started}, stop {stopped}, keep {kept}", started=fresh, stopped=gone,
              kept=[n for n in new if n in old and n not in fresh])
     return fresh, gone
 
 
-def buildRelays(options, metrics, reactor, reloadable=True, adapt=lambda name, svc: svc):
+class MetricsService(ListeningService):
     """
-    The relays of L{splicing.app.cli.Options} as one service: a L{ConfigService}
-    for a reloadable C{--config}, else a C{MultiService}.  C{adapt(name,
-    service)} sees each relay service first (a worker hands it its sockets).
+    Serves C{metrics} (a L{splicing.app.metrics.RelayMetrics} or
+    L{splicing.app.metrics.WorkerMetrics}) on a server endpoint string:
+    Prometheus metrics at any path, the status page at C{/status} and
+    C{/status.json} (L{splicing.app.web}).
     """
-    from splicing.app import cli
 
-    config = options["relays"]
+    what = "metrics"
 
-    def build(name, relay):
-        return adapt(name, cli.buildRelay(name, relay, metrics, reactor))
+    def __init__(self, description, metrics, reactor=None):
+        ListeningService.__init__(self, [description], site(metrics), reactor)
+        self.metrics = metrics
 
-    if options["config"] and reloadable:
-        return ConfigService(options["reload"], build, config, reactor)
+
+def relaysService(config, build, load=None, reactor=None):
+    """
+    The relays of C{config} (a L{splicing.app.spec.Config}) as one service,
+    each made by C{build(spec)}: a L{ConfigService} reloaded with C{load}
+    on SIGHUP when there is one, else a C{MultiService}.
+    """
+    if load is not None:
+        return ConfigService(load, build, config, reactor)
     top = service.MultiService()
-    for name, relay in config.relays.items():
-        build(name, relay).setServiceParent(top)
+    for relay in config.relays.values():
+        build(relay).setServiceParent(top)
     return top
 
 
-def makeService(options):
-    """
-    A C{MultiService} from the command line's L{splicing.app.cli.Options}: the
-    relays, or with C{--workers N} (N > 1) the master of N worker processes
-    (L{splicing.app.workers.WorkerPool}); the metrics endpoint, if asked for.
-    """
-    from splicing.app.metrics import MetricsService, RelayMetrics
-
-    from twisted.internet import reactor
-
-    top = service.MultiService()
-    config = options["relays"]
-    if options.get("workers", 1) > 1:
-        from splicing.app.workers import WorkerPool
-
-        relays = WorkerPool(options, reactor)
-        metrics = relays.metrics
-    else:
-        metrics = RelayMetrics() if config.metrics else None
-        relays = buildRelays(options, metrics, reactor)
-    if config.metrics:
-        MetricsService(config.metrics, metrics, reactor).setServiceParent(top)
-    relays.setServiceParent(top)
-    return top
-
-
-__all__ = ["ListeningService", "RelayService", "ConfigService", "buildRelays", "makeService"]
+__all__ = ["ListeningService", "RelayService", "ConfigService", "MetricsService", "relaysService",
+           "exitWithFailure", "onSIGHUP"]

@@ -1,18 +1,21 @@
 """
 One worker process of C{twistd splice --workers N}: L{splicing.app.workers}
-starts it as C{python -m splicing.app.worker SETUP ARGV...}, SETUP being JSON
-(its index, the master's pid, its inherited sockets by relay) and ARGV the
-master's own C{splice} command line, which it parses again to build the
-same relays.  They serve the inherited sockets (L{splicing.app.workersockets}).
+starts it as C{python -m splicing.app.worker SETUP}, SETUP being JSON (its
+index, the master's pid, its inherited sockets by relay).  The first line
+on descriptor 0 is the description of the relays to run (a
+L{splicing.app.spec.Config} as JSON): it builds them as the master would
+and serves the inherited sockets (L{splicing.app.workersockets}).
 
 Talking to the master:
 
-  - descriptor 0, from the master: C{metrics ID} (answer with a snapshot)
-    and C{retire} (stop accepting, exit once the last session ended); its
+  - descriptor 0, from the master: the description, then C{metrics ID}
+    (answer with a snapshot), C{status ID} (answer with the status page's
+    document) and C{retire} (stop accepting, exit once the last session ended); its
     end means the master is gone: stop as on SIGTERM;
   - descriptor 3, to the master, one message a line: C{L EVENT} (a
     twisted.logger event as JSON: the worker logs nothing itself),
-    C{M ID SNAPSHOT} (L{splicing.app.metrics.RelayMetrics.snapshot}), C{R}
+    C{M ID SNAPSHOT} (L{splicing.app.metrics.RelayMetrics.snapshot}),
+    C{S ID DOCUMENT} (L{splicing.app.metrics.RelayMetrics.status}), C{R}
     (serving).
 
 SIGTERM stops it as twistd stops the relays (graceful, within
@@ -34,6 +37,12 @@ from twisted.internet import defer, stdio
 from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger, eventAsJSON, globalLogBeginner
 from twisted.protocols.basic import LineOnlyReceiver
+
+from splicing.app.build import buildRelay
+from splicing.app.metrics import RelayMetrics
+from splicing.app.service import relaysService
+from splicing.app.spec import Config
+from splicing.app.workersockets import Inherited
 
 PR_SET_PDEATHSIG = 1
 COMMANDS, MESSAGES = 0, 3
@@ -154,6 +163,10 @@ class Worker:
         snapshot = self.metrics.snapshot() if self.metrics is not None else []
         self.channel.send("M", ident, json.dumps(snapshot, separators=(",", ":")))
 
+    def reportStatus(self, ident):
+        doc = self.metrics.status() if self.metrics is not None else {"relays": []}
+        self.channel.send("S", ident, json.dumps(doc, separators=(",", ":")))
+
     def retire(self):
         """The master replaced this worker: stop accepting, exit once every session ended."""
         self.log.info("worker {worker} retiring: exits when its last session ended", worker=self.index)
@@ -185,11 +198,27 @@ class Commands(LineOnlyReceiver):
         words = line.decode("ascii", "replace").split()
         if words[:1] == ["metrics"] and len(words) == 2:
             self.worker.report(words[1])
+        elif words[:1] == ["status"] and len(words) == 2:
+            self.worker.reportStatus(words[1])
         elif words == ["retire"]:
             self.worker.retire()
 
     def connectionLost(self, reason):
         self.worker.stop()  # the master is gone
+
+
+def readDescription(fd):
+    """
+    The first line on C{fd} (the master's description), read a byte at a
+    time so that the commands after it stay unread for L{Commands}.
+    """
+    line = bytearray()
+    while not line.endswith(b"\n"):
+        byte = os.read(fd, 1)
+        if not byte:
+            sys.exit(0)  # the master is gone
+        line += byte
+    return Config.fromJSON(json.loads(line.decode("utf-8")))
 
 
 def main(argv=None):
@@ -210,16 +239,10 @@ def main(argv=None):
     globalLogBeginner.beginLoggingTo([channel.logEvent], redirectStandardIO=False)
     atexit.register(channel.flush)
 
-    from splicing.app import cli
-    from splicing.app.metrics import RelayMetrics
-    from splicing.app.service import buildRelays
-    from splicing.app.workersockets import Inherited
-
-    options = cli.Options()
-    options.parseOptions(argv[1:])
-    metrics = RelayMetrics() if options["relays"].metrics else None
+    config = readDescription(COMMANDS)
+    metrics = RelayMetrics() if config.metrics else None
     inherited = Inherited(reactor, {name: [tuple(s) for s in sockets] for name, sockets in setup["sockets"].items()})
-    relays = buildRelays(options, metrics, reactor, reloadable=False, adapt=inherited.attach)
+    relays = relaysService(config, lambda spec: inherited.attach(spec.name, buildRelay(spec, metrics, reactor)))
     worker = Worker(setup["index"], relays, metrics, channel, reactor)
     stdio.StandardIO(Commands(worker), stdin=COMMANDS, stdout=1)
     reactor.callWhenRunning(worker.start)

@@ -10,14 +10,17 @@ master binds (L{splicing.app.workersockets}); the master accepts nothing itself.
     to every worker; each stops accepting and lets its sessions finish
     within C{--shutdown-timeout}.  The master exits when all have exited
     (those still there 10 s after the longest timeout get SIGKILL).
-  - SIGHUP: the master parses its command line again (re-reading
-    C{--config} and C{--rules} files; one with errors changes nothing),
+  - SIGHUP: the master reads its description again (its C{load}: the
+    C{--config} file, or the command line with its C{--rules} files; one
+    with errors changes nothing),
     binds the sockets of new listeners, starts a new generation of workers
     and, once all of them serve, tells the old ones to retire: they stop
     accepting and exit when their last session ended.  Sockets whose
     listener did not change are kept: no client is refused meanwhile.
   - Logs: each worker's twisted.logger events appear in the master's log
-    with the fields C{worker} (its index) and C{worker_pid}.
+    with the fields C{worker} (its index) and C{worker_pid}.  Each worker
+    checks the backends (C{--check}) for itself; a backend's change of
+    state is logged once, by the first worker that saw it.
   - Metrics: the sum of the workers' (L{splicing.app.metrics.WorkerMetrics}).
 
 No worker outlives the master: the kernel sends them SIGTERM when it dies
@@ -33,11 +36,11 @@ import sys
 from twisted.application import service
 from twisted.internet import defer, error, protocol
 from twisted.logger import Logger, LogLevel, eventFromJSON, globalLogPublisher
-from twisted.python import usage
 
 from splicing.app.metrics import WorkerMetrics
 from splicing.app.service import ListeningService, difference, onSIGHUP
 from splicing.app.workersockets import Binder
+from splicing.relay.udp import parseUDPListen
 
 FIRST_DELAY = 0.5
 MAX_DELAY = 30.0
@@ -47,15 +50,9 @@ METRICS_TIMEOUT = 2.0
 _LEVELS = {level.name: level for level in LogLevel.iterconstants()}
 
 
-def _listens(relay):
-    """The C{--listen} descriptions of a L{splicing.app.config.Relay}, in order."""
-    listen = relay.options["listen"]
-    return [listen] if isinstance(listen, str) else list(listen)
-
-
 def _keys(name, relay):
-    """One key per listener: unchanged keys keep their sockets across a reload."""
-    return [(name, relay.kind, description, index) for index, description in enumerate(_listens(relay))]
+    """One key per listener of a L{splicing.app.spec.RelaySpec}: unchanged keys keep their sockets across a reload."""
+    return [(name, relay.kind, description, index) for index, description in enumerate(relay.listen)]
 
 
 class _UDPEndpoint:
@@ -64,8 +61,6 @@ class _UDPEndpoint:
         self.description = description
 
     def listen(self, factory):
-        from splicing.relay.udp import parseUDPListen
-
         return defer.execute(self.binder.bindUDP, *parseUDPListen(self.description))
 
 
@@ -140,12 +135,14 @@ class WorkerProcess(protocol.ProcessProtocol):
         kind, _, rest = line.partition(b" ")
         if kind in (b"E", b"L"):
             self.pool.publish(self, kind, rest)
-        elif kind == b"M":
+        elif kind in (b"M", b"S"):
             ident, _, data = rest.partition(b" ")
-            self.snapshot = json.loads(data)
+            answer = json.loads(data)
+            if kind == b"M":
+                self.snapshot = answer
             d = self._waiting.pop(ident, None)
             if d is not None:
-                d.callback(self.snapshot)
+                d.callback(answer)
         elif kind == b"R":
             self.ready = True
             self.pool.workerReady(self)
@@ -164,14 +161,22 @@ class WorkerProcess(protocol.ProcessProtocol):
 
     def metrics(self):
         """A Deferred snapshot: fresh, or the last one if it does not answer in time."""
+        return self.ask(b"metrics", lambda: self.snapshot)
+
+    def status(self):
+        """A Deferred status document (L{splicing.app.status}); an empty one if it does not answer in time."""
+        return self.ask(b"status", lambda: {"relays": []})
+
+    def ask(self, command, otherwise):
+        """A Deferred answer to C{command}, or C{otherwise()} after L{METRICS_TIMEOUT} seconds."""
         self._asked += 1
         ident = b"%d" % (self._asked,)
         d = self._waiting[ident] = defer.Deferred()
-        self.send(b"metrics " + ident)
+        self.send(command + b" " + ident)
 
         def late(result, timeout):
             self._waiting.pop(ident, None)
-            return self.snapshot
+            return otherwise()
 
         return d.addTimeout(METRICS_TIMEOUT, self.pool.reactor, onTimeoutCancel=late)
 
@@ -183,25 +188,27 @@ class WorkerProcess(protocol.ProcessProtocol):
         self.pool.workerEnded(self, reason)
         waiting, self._waiting = list(self._waiting.values()), {}
         for d in waiting:
-            d.callback([])  # its counters are among the retired ones now
+            d.callback([])  # its counters are among the retired ones now (and an empty status merges to none)
 
 
 class WorkerPool(service.MultiService):
     """
-    Runs L{splicing.app.cli.Options} (with C{workers} > 1) in worker processes.
-    Its children are the master's L{Listener}s.
+    Runs a L{splicing.app.spec.Config} (with C{workers} > 1) in worker
+    processes, each given the description.  Its children are the master's
+    L{Listener}s.
 
+    @param load: a callable that returns the description as it reads now (SIGHUP's).
     @ivar metrics: the L{WorkerMetrics} a C{--metrics} endpoint serves.
     """
 
     log = Logger()
 
-    def __init__(self, options, reactor):
+    def __init__(self, config, load, reactor):
         service.MultiService.__init__(self)
         self.reactor = reactor
-        self.count = options["workers"]
-        self.argv = options.argv
-        self.config = options["relays"]
+        self.count = config.workers
+        self.load = load
+        self.config = config
         self.metrics = WorkerMetrics(self.gatherMetrics, reactor)
         self.listeners = {}
         self.generation = 0
@@ -209,6 +216,7 @@ class WorkerPool(service.MultiService):
         self.processes = set()
         self.restarts = {}
         self.failures = {}
+        self.backendStates = {}  # (relay, address) -> the last "up" or "down" logged
         self.stopping = None
         self._previous = None
 
@@ -237,6 +245,7 @@ class WorkerPool(service.MultiService):
 
     def spawnGeneration(self):
         self.generation += 1
+        self.backendStates.clear()  # new workers start with every backend up: their changes are news
         for call in self.restarts.values():
             call.cancel()
         self.restarts.clear()
@@ -254,8 +263,10 @@ class WorkerPool(service.MultiService):
                 table[name].append((child, family, kind))
         setup = json.dumps({"index": index, "master": os.getpid(), "sockets": table})
         worker = WorkerProcess(self, index, self.generation)
-        self.reactor.spawnProcess(worker, sys.executable, [sys.executable, "-m", "splicing.app.worker", setup] + self.argv,
+        self.reactor.spawnProcess(worker, sys.executable, [sys.executable, "-m", "splicing.app.worker", setup],
                                   env=_environment(), childFDs=fds)
+        # the description, as the first line of its commands: no limit on its size as in argv
+        worker.send(json.dumps(self.config.toJSON(), separators=(",", ":")).encode("utf-8"))
         self.processes.add(worker)
         self.metrics.workers.set(len(self.processes))
         self.log.info("worker {worker} started (pid {worker_pid})", worker=index, worker_pid=worker.pid,
@@ -281,6 +292,8 @@ class WorkerPool(service.MultiService):
                 _unflatten(event)
         except (ValueError, KeyError):
             return
+        if self._sameBackendState(event):
+            return
         event["worker"], event["worker_pid"] = worker.index, worker.pid
         system = event.get("log_system")
         if system is None:
@@ -289,9 +302,24 @@ class WorkerPool(service.MultiService):
         event["log_system"] = "worker %d %s" % (worker.index, system)
         globalLogPublisher(event)
 
-    def gatherMetrics(self):
-        """A Deferred list of every running worker's snapshot."""
-        return defer.gatherResults([w.metrics() for w in self.processes])
+    def _sameBackendState(self, event):
+        """
+        Whether C{event} is a backend's change of state (L{splicing.relay.checks})
+        that another worker already reported: each worker checks for
+        itself, the log says each change once.
+        """
+        state = event.get("state")
+        if state not in ("up", "down") or "address" not in event:
+            return False
+        key = (event.get("relay"), event["address"])
+        if self.backendStates.get(key) == state:
+            return True
+        self.backendStates[key] = state
+        return False
+
+    def gatherMetrics(self, what="metrics"):
+        """A Deferred list of every running worker's snapshot (C{what}: "metrics") or status document ("status")."""
+        return defer.gatherResults([getattr(w, what)() for w in self.processes])
 
     # -- ends and restarts
 
@@ -322,17 +350,14 @@ class WorkerPool(service.MultiService):
     # -- reload and stop
 
     def reload(self):
-        """SIGHUP: a new generation of workers for the command line as it reads now."""
-        from splicing.app import cli
-
-        options = cli.Options()
+        """SIGHUP: a new generation of workers for the description as it reads now."""
         try:
-            options.parseOptions(self.argv)
-        except usage.UsageError as e:
+            config = self.load()
+        except Exception as e:  # the file's or the command line's error, said in one line
             self.log.error("reload failed, keeping the running relays: {error}", error=str(e))
             return
-        difference(self.config.relays, options["relays"].relays, self.log)
-        self.config = options["relays"]
+        difference(self.config.relays, config.relays, self.log)
+        self.config = config
         if self.bind(self.config):
             self.spawnGeneration()
 
@@ -376,9 +401,7 @@ def _unflatten(event):
 
 def _environment():
     """The master's environment, with this package importable (twistd may have found it on its own path)."""
-    import splicing
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(splicing.__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     return env

@@ -30,6 +30,9 @@ import socket
 from twisted.application import service
 from twisted.internet import defer, protocol, tcp, unix
 
+from splicing.app.service import ListeningService
+from splicing.relay import udp
+
 SHARED = "shared"
 REUSEPORT = "reuseport"
 
@@ -114,8 +117,6 @@ class Binder:
 
     def bindUDP(self, interface, port):
         """Sockets for a UDP relay's C{udp:PORT:interface=ADDR}, as the relay binds them."""
-        from splicing.relay import udp
-
         class Port(udp._ListenPort):
             def createInternetSocket(self):
                 s = udp._ListenPort.createInternetSocket(self)
@@ -195,8 +196,6 @@ class Inherited:
 
     def attach(self, name, relay):
         """Relay service C{name}, made to serve its inherited sockets."""
-        from splicing.app.service import ListeningService
-
         if isinstance(relay, ListeningService):
             relay.sockets = self.adopters(name)
             return relay

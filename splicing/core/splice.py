@@ -13,6 +13,11 @@ import weakref
 from splicing import paths
 from splicing.core.endpoint import STREAM, TCP, UDP, UNIX, describe
 from splicing.core.errors import SpliceError
+from splicing.core.somove import SocketSplice
+from splicing.core.takeover import borrow
+from splicing.paths.kernel import KernelMover
+from splicing.paths.mbuf import DatagramMover, MbufMover
+from splicing.paths.transport import TransportSplice
 
 #: Which splice uses each transport as its source / drain (EBUSY).
 _sources = weakref.WeakKeyDictionary()
@@ -120,8 +125,6 @@ def splice(source, drain, max=None, idle=None, backend="auto", reactor=None, fra
         if src.kind == UDP:
             raise SpliceError(errno.EPROTONOSUPPORT, "a framer needs a byte stream, not datagrams")
     if path == "transport":
-        from splicing.paths.transport import TransportSplice
-
         s = TransportSplice(reactor, src, dst, max, idle)
     else:
         s = _socketSplice(reactor, src, dst, max, idle, path)
@@ -144,20 +147,11 @@ def _forget(result, s, srcKey, dstKey):
 
 
 def _socketSplice(reactor, src, dst, max, idle, path):
-    from splicing.core.somove import SocketSplice
-    from splicing.core.takeover import borrow
-
     if path == "kernel":
-        from splicing.paths.kernel import KernelMover
-
         mover = KernelMover(src.socket.fileno(), dst.socket.fileno())
     elif src.kind == UDP:
-        from splicing.paths.mbuf import DatagramMover
-
         mover = DatagramMover(src.socket, dst.socket)
     else:
-        from splicing.paths.mbuf import MbufMover
-
         mover = MbufMover(src.socket, dst.socket)
     return SocketSplice(
         reactor,

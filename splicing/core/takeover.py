@@ -94,7 +94,13 @@ def _stopReading(self):
 
 
 def _connectionLost(self, reason=None):
-    self.__dict__[_ATTR]._connectionLost(reason)
+    b = self.__dict__.get(_ATTR)
+    if b is None:
+        # A call bound while the transport was borrowed (abortConnection
+        # queues one) and run after it was given back: Twisted's own,
+        # which ignores a connection already lost.
+        return self.connectionLost(reason)
+    b._connectionLost(reason)
 
 
 def _readConnectionLost(self, reason):
@@ -301,16 +307,24 @@ class Borrowed:
         return owners
 
     def _connectionLost(self, reason=None):
+        """
+        Tell the owning splices, hand the protocol what it is owed, then
+        lose the connection as Twisted would.  Whatever the splices' or the
+        protocol's callbacks raise, the socket is closed: an exception must
+        not leave a descriptor open that nothing will ever close.
+        """
         original = self._original("connectionLost")
         self.lost = True
-        for owner in self._owners():
-            owner.transportLost(self, reason)
-        self.deliverLeftover()
-        self._giveUp()
-        if reason is None:
-            original()
-        else:
-            original(reason)
+        try:
+            for owner in self._owners():
+                owner.transportLost(self, reason)
+            self.deliverLeftover()
+        finally:
+            self._giveUp()
+            if reason is None:
+                original()
+            else:
+                original(reason)
 
     def _readConnectionLost(self, reason):
         original = self._original("readConnectionLost")
@@ -322,9 +336,12 @@ class Borrowed:
 
     def fail(self, failure):
         """End the connection with C{failure}, as the reactor would."""
-        if self.lost or self.datagram or not self.transport.connected:
-            return  # a UDP port survives a failed datagram
         t = self.transport
+        if self.lost or self.datagram or not t.connected or getattr(t, "_aborting", False):
+            # A UDP port survives a failed datagram; an aborted transport has
+            # its connectionLost queued already (abortConnection), and Twisted
+            # never calls it twice.
+            return
         self.reactor.removeReader(t)
         self.reactor.removeWriter(t)
         t.connectionLost(failure)

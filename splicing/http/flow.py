@@ -70,6 +70,7 @@ class Flow:
         self._out = []  # written before the destination existed
         self._feeding = False
         self._framingError = None  # raised by the splice's framer, reported at its end
+        self.srcEnded = False  # the source's read side ended: never read it again
 
     # -- input
 
@@ -199,8 +200,8 @@ class Flow:
         if self.state == WAIT:
             self.state = HEAD
         held, self._held = b"".join(self._held), []
-        if self.src is not None and self.state != DONE:
-            self.src.resumeProducing()
+        if self.state != DONE:
+            self._readOn()
         if held:
             self.dataReceived(held)
         else:
@@ -231,7 +232,21 @@ class Flow:
         self._held = []
         if self.splice is not None and self.splice.result is None:
             self.splice.unsplice()
-        if self._src is not None:
+        self._readOn()
+
+    def readEnded(self):
+        """
+        The source's read side ended (EOF): reading it again would only
+        see the end again.  Twisted reports EOF to a half-closing protocol
+        once and relies on nobody asking for read events after it: a
+        source resumed then is reported EOF on every reactor turn, forever
+        (a CPU spinning on a socket nothing will ever read).
+        """
+        self.srcEnded = True
+
+    def _readOn(self):
+        """Resume reading the source, unless its read side ended."""
+        if self._src is not None and not self.srcEnded:
             self._src.resumeProducing()
 
     # -- output
@@ -360,6 +375,7 @@ class Flow:
             self.state = HEAD
             self.owner.bodyDone(self)
         elif result.reason is Reason.EOF:
+            self.srcEnded = True
             if self.state == UNTIL_EOF:
                 self.state = DONE
                 self.owner.bodyDone(self)

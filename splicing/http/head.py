@@ -31,6 +31,9 @@ _ABSOLUTE = re.compile(r"(https?)://([^/?]*)(/[^?]*)?(\?.*)?", re.I)
 _QUERY = re.compile(r"[\x21\x22\x24-\x7e]*")  # visible ASCII but "#"
 _PATH = re.compile(r"/[\x21\x22\x24-\x3e\x40-\x7e]*")  # and not "?"
 _FRAMING = (b"content-length", b"transfer-encoding")
+# Methods whose body relayd strips: an origin may ignore their
+# Content-Length and read the body as a second, unfiltered request ("CL.0").
+_NO_BODY = ("GET", "HEAD", "COPY", "MOVE")
 
 
 def _fail(status, reason):
@@ -241,6 +244,8 @@ class RequestHead(_Head):
         length, chunked = self._framing()
         if (self.isConnect or self.method == "TRACE") and (chunked or length is not None):
             _fail(400, "%s with a body" % self.method)
+        if self.method in _NO_BODY and (chunked or length):
+            _fail(400, "%s with a body is not forwarded" % self.method)
         self.contentLength = length
         self.bodyKind = "chunked" if chunked else ("length" if length else "none")
         tokens = self._connectionTokens()
@@ -322,6 +327,41 @@ class RequestHead(_Head):
 
     def _startLine(self):
         return "%s %s %s" % (self.method, self.target, self.version)
+
+    def dropUpgrade(self, protocol):
+        """
+        Withdraw an offer to upgrade to C{protocol} (bytes, e.g. C{b"h2c"}):
+        remove it from Upgrade, and once none is left Upgrade itself, its
+        C{upgrade} token in Connection and, for h2c, C{HTTP2-Settings}
+        (RFC 9110 7.6.1: what Connection names goes with it).  The request
+        goes on as plain HTTP/1.1, as nginx and HAProxy send it.  Whether
+        anything changed.
+        """
+        offers = [o.strip(_OWS) for v in self.getHeader(b"upgrade") for o in v.split(b",")]
+        kept = [o for o in offers if o and o.split(b"/")[0].lower() != protocol.lower()]
+        if len(kept) == len([o for o in offers if o]):
+            return False
+        gone = {b"upgrade", b"http2-settings"} if not kept else set()
+        gone |= {b"http2-settings"} if protocol.lower() == b"h2c" else set()
+
+        def change(headers):
+            out = []
+            for name, value in headers:
+                key = name.lower()
+                if key == b"upgrade":
+                    if kept and not any(n.lower() == b"upgrade" for n, _ in out):
+                        out.append([name, b", ".join(kept)])
+                elif key == b"connection":
+                    tokens = [t.strip(_OWS) for t in value.split(b",")]
+                    tokens = [t for t in tokens if t and t.lower() not in gone]
+                    if tokens:
+                        out.append([name, b", ".join(tokens)])
+                elif key not in gone:
+                    out.append([name, value])
+            return out
+
+        self._edit(change)
+        return True
 
 
 class ResponseHead(_Head):

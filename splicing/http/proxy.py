@@ -11,26 +11,32 @@ L{HTTPProxyProtocol.chooseEndpoint}) beside or instead of the rules.
 
 from collections import deque
 
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocolNegotiationFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from splicing.relay import proxyheader
 from splicing.relay.access import AllowList, formatAddress
-from splicing.relay.balance import BalancedEndpoint
+from splicing.relay.balance import BalancedEndpoint, NoBackendError, connectFrom
 from splicing.relay.events import connectFailure, connectionFailure, plural
 from splicing.core.endpoint import noDelay, shutWrite
+from splicing.http.closing import Linger, isOpen, reset, writesPending
 from splicing.http.errors import HTTPError
 from splicing.http.flow import CHUNKED, DONE, HEAD, LENGTH, UNTIL_EOF, Flow
 from splicing.http.head import errorResponse, parseRequestHead, parseResponseHead
-from splicing.app.metrics import Reporter
+from splicing.http.rules import Context
+from splicing.relay.report import Reporter
 from splicing.relay.sessions import SessionTable
 
 
-def _ruleBlock(status, label, verdict):
+def _ruleBlock(status, label, answer, verdict):
+    """
+    A block by the rules; without C{answer} the connection just closes
+    (relayd without C{return error}).  Its C{why} names the rule.
+    """
     e = HTTPError(status, label)
-    e.byRule = True
+    e.silent = not answer
     rule = verdict.rule
     where = " %s:%s" % (rule.filename, rule.line) if rule is not None else ""
     e.why = "blocked by the rule%s (%s)" % (where, label)
@@ -44,6 +50,8 @@ class _BackendProtocol(Protocol):
     proxy = None
 
     def dataReceived(self, data):
+        if self.proxy is None:
+            return  # the session is over: bytes a splice gave back go nowhere
         try:
             self.proxy.responses.dataReceived(data)
         except HTTPError as e:
@@ -51,7 +59,9 @@ class _BackendProtocol(Protocol):
             self.proxy.backendInvalid(e)
 
     def readConnectionLost(self):
-        self.proxy.backendEnded()
+        if self.proxy is not None:
+            self.proxy.responses.readEnded()
+            self.proxy.backendEnded()
 
     def writeConnectionLost(self):
         pass
@@ -76,6 +86,7 @@ class HTTPProxyProtocol(Protocol):
     def connectionMade(self):
         self.ended = False
         self.backend = None
+        self.linger = Linger(self.factory.reactor, self.factory.idle)
         proxyheader.whenHeaderRejected(self.transport, lambda why: self.factory.rejected(self, why))
         self.transport.pauseProducing()
         self.factory.admit(self)
@@ -120,9 +131,14 @@ class HTTPProxyProtocol(Protocol):
 
     def sessionEnded(self, stats):
         self.log.info(
-            "http session ended: {client} {requests_text}, {spliced} bytes spliced, "
-            "{copied} bytes copied, {how}" + (": {why}" if stats.get("why") else ""),
+            "http session ended: {client} -> {backend}: {requests_text}, {bytes_out_text} out, "
+            "{bytes_in_text} in, {spliced_text} spliced, {copied_text} copied, {how}"
+            + (": {why}" if stats.get("why") else ""),
             requests_text=plural(stats["requests"], "request"),
+            bytes_out_text=plural(stats["bytes_out"], "byte"),
+            bytes_in_text=plural(stats["bytes_in"], "byte"),
+            spliced_text=plural(stats["spliced"], "byte"),
+            copied_text=plural(stats["copied"], "byte"),
             **stats,
         )
 
@@ -135,6 +151,12 @@ class HTTPProxyProtocol(Protocol):
             self.fail(e)
 
     def readConnectionLost(self):
+        self.requests.readEnded()
+        if self.ended:
+            return
+        if self.requests.state in (LENGTH, CHUNKED):
+            self._requestCut()
+            return
         self.requests.stop()
         if not self.pending and self.backend is not None:
             self.backend.transport.loseConnection()
@@ -152,9 +174,16 @@ class HTTPProxyProtocol(Protocol):
         self.requests.stop()
         self.responses.stop()
         self._cancelTimers()
+        self.linger.cancel()
         if self.backend is not None:
             self.backend.proxy = None
-            self.backend.transport.loseConnection()
+            if not self.ended or writesPending(self.backend.transport):
+                # Nobody is left to answer: reset the origin's connection
+                # rather than wait on writes it may never read.  (An ended
+                # session closed it already, or aborted it: a second close
+                # of an aborted transport asks for write events no handler
+                # serves.)
+                reset(self.backend.transport)
         self._finish("closed")
 
     # -- heads (called by the flows)
@@ -168,6 +197,7 @@ class HTTPProxyProtocol(Protocol):
     def _request(self, data):
         f = self.factory
         head = parseRequestHead(data)
+        head.dropUpgrade(b"h2c")  # withdrawn, as nginx does: HTTP/2 would hide later requests from the rules
         if head.upgrade and not f.allowUpgrade:
             raise HTTPError(403, "protocol upgrade (%s) is not allowed here" % (head.upgrade,))
         if head.isConnect and not f.allowConnect:
@@ -179,7 +209,7 @@ class HTTPProxyProtocol(Protocol):
         if verdict is not None:
             self.logs.extend(verdict.logs)
             if verdict.action == "block":
-                raise _ruleBlock(403, verdict.label or "blocked by a filter rule", verdict)
+                raise _ruleBlock(403, verdict.label or "blocked by a filter rule", f.rules.answers(verdict), verdict)
         self.filterRequest(head)
         if self._headTimer is not None and self._headTimer.active():
             self._headTimer.cancel()
@@ -208,7 +238,8 @@ class HTTPProxyProtocol(Protocol):
         if verdict is not None:
             self.logs.extend(verdict.logs)
             if verdict.action == "block":
-                raise _ruleBlock(502, verdict.label or "response blocked by a filter rule", verdict)
+                raise _ruleBlock(502, verdict.label or "response blocked by a filter rule",
+                                 self.factory.rules.answers(verdict), verdict)
         self.filterResponse(request, response)
         self._cancelBackendTimer()
         self.responses.write(response.serialize())
@@ -254,14 +285,50 @@ class HTTPProxyProtocol(Protocol):
             self._headTimer = self.factory.reactor.callLater(self.factory.headerTimeout, self._headerTimeout)
 
     def sourceEnded(self, flow):
-        if flow is self.requests:  # the client's half-close inside a tunnel
+        if flow is self.requests and flow.state in (LENGTH, CHUNKED):
+            self._requestCut()
+        elif flow is self.requests:  # the client's half-close inside a tunnel
             if self.backend is not None:
                 shutWrite(self.backend.transport)
         elif flow.state != DONE:
             self.close("backend-eof")
 
     def flowFailed(self, flow, reason, error):
-        self.abort("%s-%s" % (flow.name, reason.name.lower()))
+        how = "%s-%s" % (flow.name, reason.name.lower())
+        if flow is self.responses:
+            self._responseCut(how)
+        else:
+            self.abort(how)
+
+    def _requestCut(self):
+        """
+        The client's EOF came inside a request body: the request can never
+        complete, and no answer is owed.  The origin must not wait for the
+        rest, nor take the part for a request.
+        """
+        self._cut("request-incomplete")
+
+    def _responseCut(self, how):
+        """
+        A response's splice failed: the origin reset or vanished (a TLS
+        origin closing without close_notify looks so), or the client did.
+        What the client was sent is still delivered before its connection
+        closes (a client that is gone is closed by its own error): a
+        close-delimited body ends there, as HTTP defines it; a body with a
+        length or chunks stays short of its end, which tells the client it
+        is incomplete.
+        """
+        self._cut("eof" if self.responses.state == UNTIL_EOF else how)
+
+    def _cut(self, how):
+        """End the session: reset the origin's connection, flush and close the client's."""
+        self._finish(how)
+        self.requests.stop()
+        self.responses.stop()
+        if self.backend is not None:
+            reset(self.backend.transport)
+        self.transport.loseConnection()
+        self.linger.start(self.transport)
 
     def flowError(self, flow, error):
         """Bad framing found while a body was spliced: as if parsed here."""
@@ -275,7 +342,7 @@ class HTTPProxyProtocol(Protocol):
     def _connect(self, head, group):
         self.connecting = True
         endpoint = self.chooseEndpoint(head, group)
-        d = endpoint.connect(_BackendFactory())
+        d = connectFrom(endpoint, _BackendFactory(), self.transport.getPeer())
         d.addCallbacks(self._backendConnected, self._backendFailed, errbackArgs=(endpoint,))
 
     def _backendConnected(self, backend):
@@ -298,6 +365,10 @@ class HTTPProxyProtocol(Protocol):
         self.why = "backend connect failed: " + connectFailure(reason)
         if not isinstance(endpoint, BalancedEndpoint):  # a balancer counted each target it tried
             self.factory.report("connectFailed", getattr(endpoint, "description", repr(endpoint)))
+        if reason.check(NoBackendError):
+            self.factory.report("refused", "backends-down")
+            self._sendError(HTTPError(502, "every backend is down"))
+            return
         self._sendError(HTTPError(502, "the backend is unreachable"))
 
     def backendInvalid(self, error):
@@ -309,7 +380,7 @@ class HTTPProxyProtocol(Protocol):
             return
         if tlsFailed is not None:
             self.why = "backend TLS failed: " + tlsFailed
-        if self.pending and self.responses.state != UNTIL_EOF:
+        if self.pending and self.responses.state == HEAD:
             self._sendError(HTTPError(502, "TLS with the backend failed" if tlsFailed else
                                       "the backend closed the connection"))
         else:
@@ -353,6 +424,17 @@ class HTTPProxyProtocol(Protocol):
         requests, responses = self.requests, self.responses
         return [("out", "splice", self._spliced(requests)), ("out", "copy", requests.copied),
                 ("in", "splice", self._spliced(responses)), ("in", "copy", responses.copied + self.ownBytes)]
+
+    def status(self):
+        """This running session for a status page: client, backend, bytes each way so far, age, path."""
+        traffic = self.traffic()
+        backend = self.backend.transport.getPeer() if self.backend is not None else None
+        running = [f.splice.backend for f in (self.requests, self.responses) if f.splice is not None]
+        return {"client": formatAddress(self.transport.getPeer()),
+                "backend": formatAddress(backend) if backend is not None else None,
+                "bytes_out": sum(n for way, _, n in traffic if way == "out"),
+                "bytes_in": sum(n for way, _, n in traffic if way == "in"),
+                "age": self.factory.reactor.seconds() - self.started, "path": running[0] if running else None}
 
     def _idleCheck(self):
         """
@@ -411,8 +493,7 @@ class HTTPProxyProtocol(Protocol):
         self.logs.append("%d %s" % (error.status, error.reason))
         if self.why is None:
             self.why = getattr(error, "why", None) or error.reason
-        if self.factory.returnError or not getattr(error, "byRule", False):
-            # relayd: a rule's block is a silent close unless "return error"
+        if not getattr(error, "silent", False):
             response = errorResponse(error.status, error.reason, close=True)
             self.ownBytes += len(response)
             self.factory.report("httpResponse", error.status)
@@ -424,9 +505,12 @@ class HTTPProxyProtocol(Protocol):
         self._finish(how)
         self.requests.stop()
         self.responses.stop()
-        for t in (self.transport, self.backend.transport if self.backend else None):
-            if t is not None:
+        transports = (self.transport, self.backend.transport if self.backend else None)
+        for t in transports:
+            if t is not None and isOpen(t):
                 t.abortConnection() if abort else t.loseConnection()
+        if not abort:
+            self.linger.start(*transports)
 
     def abort(self, how):
         if not hasattr(self, "requests"):
@@ -441,26 +525,48 @@ class HTTPProxyProtocol(Protocol):
         self.factory.table.release(self)
         self._cancelTimers()
         self.factory.report("ended", how, self.traffic())
-        peer = self.transport.getPeer()
-        self.sessionEnded(
-            {
-                "client": "%s:%s" % (getattr(peer, "host", peer), getattr(peer, "port", "")),
-                "requests": self.count,
-                "spliced": self.requests.spliced + self.responses.spliced,
-                "copied": self.requests.copied + self.responses.copied,
-                "spliced_in": self.requests.spliced,
-                "spliced_out": self.responses.spliced,
-                "duration": self.factory.reactor.seconds() - self.started,
-                "logs": list(self.logs),
-                "how": how,
-                "why": self.why,
-            }
-        )
+        self.sessionEnded(self.statistics(how))
+
+    def statistics(self, how):
+        """
+        The session event's fields, named as the TCP relay's (C{relay},
+        C{client}, C{backend}: its address, C{target}: its C{--connect}
+        string).  C{bytes_out}/C{bytes_in}: every byte each way (requests /
+        responses, the proxy's own error pages among them), the metrics'
+        "out"/"in" (L{traffic}); C{spliced_in}/C{spliced_out}: the body
+        bytes spliced from the client / from the backend.  A splice still
+        running (a tunnel's other direction when one side closed it)
+        counts with what it moved.
+        """
+        counts = {}
+        for direction, path, n in self.traffic():
+            counts[direction] = counts.get(direction, 0) + n
+        backend = self.backend.transport.getPeer() if self.backend is not None else None
+        fromClient, fromBackend = self._spliced(self.requests), self._spliced(self.responses)
+        return {
+            "relay": self.factory.name,
+            "client": formatAddress(self.transport.getPeer()),
+            "backend": formatAddress(backend) if backend is not None else None,
+            "target": getattr(self.backend, "target", None),
+            "requests": self.count,
+            "bytes_out": counts["out"],
+            "bytes_in": counts["in"],
+            "spliced": fromClient + fromBackend,
+            "copied": self.requests.copied + self.responses.copied,
+            "spliced_in": fromClient,
+            "spliced_out": fromBackend,
+            "duration": self.factory.reactor.seconds() - self.started,
+            "logs": list(self.logs),
+            "how": how,
+            "why": self.why,
+        }
 
 
+@implementer(IProtocolNegotiationFactory)
 class HTTPProxyFactory(Factory):
     """
-    Makes L{HTTPProxyProtocol}s.
+    Makes L{HTTPProxyProtocol}s.  Over TLS it selects ALPN C{http/1.1}
+    (L{splicing.relay.alpn}): a client that offers h2 too speaks HTTP/1.1 here.
 
     @param endpoints: client endpoints of the default backend (round-robin).
     @param groups: named backend groups for rules' C{forward to <group>}:
@@ -469,11 +575,12 @@ class HTTPProxyFactory(Factory):
     @param idle: seconds without a byte either way before a session ends
         (0: never); a request body stalled that long gets 408.
     @param name: the relay's name in logs and metrics.
-    @param metrics: a L{splicing.app.metrics.RelayMetrics}, or None.
+    @param metrics: an L{splicing.interfaces.IRelayMetrics}, or None.
     """
 
     protocol = HTTPProxyProtocol
     log = Logger()
+    kind = "http"
     noisy = False  # no "Starting factory" lines: the relay logs its own start
 
     def __init__(
@@ -523,6 +630,10 @@ class HTTPProxyFactory(Factory):
                     endpoint.balancer.onFailure = self._targetFailed
         self._next = {}
 
+    def acceptableProtocols(self):
+        """ALPN: the one protocol the proxy speaks."""
+        return [b"http/1.1"]
+
     def _targetFailed(self, target, failure):
         """A balancer's attempt failed (it may go on with the next target): counted per target, as TCP's."""
         self.report("connectFailed", target.name)
@@ -545,9 +656,10 @@ class HTTPProxyFactory(Factory):
             return
         self.table.admit(protocol)
 
-    @property
-    def returnError(self):
-        return self.rules is not None and self.rules.returnError
+    def backends(self):
+        """The balanced targets of every group, with their state (for status pages and metrics)."""
+        return [target for group in self.groups.values() for endpoint in group
+                if isinstance(endpoint, BalancedEndpoint) for target in endpoint.balancer.targets]
 
     def endpointFor(self, group):
         endpoints = self.groups.get(group)
@@ -560,8 +672,6 @@ class HTTPProxyFactory(Factory):
     def newContext(self, transport):
         if self.rules is None:
             return None
-        from splicing.http.rules import Context
-
         peer, host = transport.getPeer(), transport.getHost()
         return Context(
             remoteAddr=getattr(peer, "host", ""),

@@ -61,14 +61,30 @@ class Verdict:
 
 
 class RuleSet:
-    """An ordered list of rules plus C{return error [style ...]}."""
+    """
+    An ordered list of rules plus C{return error [style ...]}.
 
-    def __init__(self, rules=(), returnError=False, errorStyle=None):
+    @ivar errorPages: None: a block answers with an error page if the rules
+        say C{return error} or its deciding rule asks for one
+        (L{Rule.errorPage}), else the connection is closed, as relayd does;
+        True or False: every block answers, or none does (the command
+        line's C{--error-pages on|off}).
+    """
+
+    def __init__(self, rules=(), returnError=False, errorStyle=None, errorPages=None):
         self.rules, self.returnError, self.errorStyle = tuple(rules), returnError, errorStyle
+        self.errorPages = errorPages
 
     def __add__(self, other):
         return RuleSet(self.rules + other.rules, self.returnError or other.returnError,
-                       other.errorStyle if other.errorStyle is not None else self.errorStyle)
+                       other.errorStyle if other.errorStyle is not None else self.errorStyle,
+                       other.errorPages if other.errorPages is not None else self.errorPages)
+
+    def answers(self, verdict):
+        """Whether a block (C{verdict}) gets an error page rather than a closed connection."""
+        if self.errorPages is not None:
+            return self.errorPages
+        return self.returnError or (verdict.rule is not None and verdict.rule.errorPage)
 
     def __len__(self):
         return len(self.rules)
@@ -158,7 +174,9 @@ def shorthandRules(blockPaths=(), setHeaders=(), removeHeaders=(), setResponseHe
                 tokens += [Token(name.strip(), n, True), Token("value", n, False), Token(value.strip(), n, True)]
             else:   # quoted: an argument is never taken for a keyword
                 tokens.append(Token(entry, n, True))
-            lines.append(parseLine(tokens, option))
+            rule = parseLine(tokens, option)
+            rule.errorPage = True   # a user who typed --block-path expects an answer
+            lines.append(rule)
     return RuleSet(lines)
 
 

@@ -144,6 +144,9 @@ class Rule:
         self.label = self.tag = self.tagged = self.method = None
         self.noLabel = self.noTag = False
         self.clauses = []
+        #: a block it decides answers with an error page even without
+        #: C{return error} (the command-line shorthands)
+        self.errorPage = False
 
     def __repr__(self):
         return "<Rule %s:%s %s>" % (self.filename, self.line, self.text)
@@ -275,14 +278,17 @@ def _parseClause(p, typeToken):
         kindToken = p.next()
         valueToken = p.string(kindToken)
         if type == "url":
-            raise p.error(kindToken, "url matches its key only; it takes no value")
-        if option in ("set", "append"):
+            # relayd.conf(5): url [digest] KEY [value VALUE]; relayd looks up the key only
+            if kindToken.text != "value":
+                raise p.error(kindToken, "url takes a 'value' (which relayd ignores), not a %s" % kindToken.text)
+        elif option in ("set", "append"):
             if kindToken.text != "value":
                 raise p.error(kindToken, "%s takes a 'value', not a %s" % (option, kindToken.text))
             content = _checkContent(p, type, valueToken)
         else:
             try:
-                value = Matcher(kindToken.text, valueToken.text)
+                # relayd's fnmatch(3) folds case for cookie values and path's query
+                value = Matcher(kindToken.text, valueToken.text, casefold=type in ("cookie", "path"))
             except (patterns.PatternError, re.error) as e:
                 raise p.error(valueToken, "bad %s: %s" % (kindToken.text, e)) from None
     if option in ("set", "append", "remove") and type == "url":

@@ -20,7 +20,7 @@ from zope.interface import implementer
 from splicing.relay import proxyheader
 from splicing.relay.accepting import exhaustionErrno
 from splicing.relay.access import AllowList, formatAddress
-from splicing.relay.balance import Balancer, Target
+from splicing.relay.balance import Balancer, NoBackendError, Target
 from splicing.relay.events import connectFailure, connectionFailure, plural
 from splicing.relay.fallback import CopyDirection, spliceOrCopy
 from splicing.core.endpoint import noDelay, shutWrite
@@ -160,7 +160,7 @@ class RelayProtocol(Protocol):
         self._connect(endpoint)
 
     def _connect(self, endpoint):
-        d = self.factory.connectBackend(BackendFactory(), endpoint)
+        d = self.factory.connectBackend(BackendFactory(), endpoint, self.transport.getPeer())
         d.addCallbacks(self._backendConnected, self._backendFailed, errbackArgs=(endpoint,))
 
     def _backendFailed(self, reason, endpoint=None):
@@ -175,8 +175,12 @@ class RelayProtocol(Protocol):
             guard.exhausted("connect", error)
             self._later("connect", guard.delay, self._connect, endpoint)
             return
-        self._why = connectFailure(reason, self.factory.balancer.timeout)
-        self._close("connect-failed")
+        self._why = connectFailure(reason, self.factory.balancer.timeout)  # said by the session's event
+        if reason.check(NoBackendError):
+            self.factory._observe("refused", "backends-down")
+            self._close("backends-down")  # at once: no client waits for a backend known dead
+        else:
+            self._close("connect-failed")
 
     def _backendConnected(self, result):
         backend, self.target = result
@@ -337,6 +341,19 @@ class RelayProtocol(Protocol):
             "error": self._error,
         }
 
+    def traffic(self):
+        """Bytes so far as (direction, path, bytes): live, for metrics read while the session runs."""
+        stats = self.statistics(None)
+        path = stats["path"] or "none"
+        return [("out", path, stats["bytes_out"]), ("in", path, stats["bytes_in"])]
+
+    def status(self):
+        """This running session for a status page: client, backend, bytes each way so far, age, path."""
+        stats = self.statistics(None)
+        return {"client": stats["client"], "backend": stats["backend"] or (self.target and self.target.address),
+                "bytes_out": stats["bytes_out"], "bytes_in": stats["bytes_in"], "age": stats["duration"],
+                "path": stats["path"]}
+
     def readConnectionLost(self):
         # Seen only outside the splices: while reading the header, or copying.
         if self._copied("out"):
@@ -395,11 +412,12 @@ class RelayFactory(Factory):
     @param maxSessions: concurrent sessions (0: no cap); when full, the
         listening ports stop accepting and new clients wait in the backlog.
     @param name: the relay's name in logs and metrics.
-    @param metrics: a L{splicing.app.metrics.RelayMetrics}, or None.
+    @param metrics: an L{splicing.interfaces.IRelayMetrics}, or None.
     """
 
     protocol = RelayProtocol
     log = Logger()
+    kind = "tcp"
     noisy = False  # no "Starting factory" lines: the relay logs its own start
 
     def __init__(self, endpoints, backendPath="auto", idle=600.0, reactor=None, halfCloseTimeout=0.0,
@@ -443,10 +461,14 @@ class RelayFactory(Factory):
                       relay=self.name)
         self._observe("refused", "proxy-header")
 
-    def connectBackend(self, factory, endpoint=None):
-        """A Deferred (protocol, target): C{endpoint}, or the next of the targets."""
+    def backends(self):
+        """The L{splicing.relay.balance.Target}s, with their state (for status pages and metrics)."""
+        return list(self.balancer.targets)
+
+    def connectBackend(self, factory, endpoint=None, client=None):
+        """A Deferred (protocol, target): C{endpoint}, or the targets' choice for C{client}."""
         if endpoint is None:
-            return self.balancer.connect(factory)
+            return self.balancer.connect(factory, client)
         target = Target(endpoint, getattr(endpoint, "description", repr(endpoint)))
         return Balancer([target], self.reactor, self.balancer.timeout, onFailure=self._connectFailed).connect(factory)
 

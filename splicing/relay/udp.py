@@ -22,8 +22,9 @@ from twisted.application import service
 from twisted.internet import abstract, defer, protocol
 from twisted.logger import Logger
 
-from splicing.app.metrics import Reporter
+from splicing.relay.balance import Target
 from splicing.relay.events import plural
+from splicing.relay.report import Reporter
 from splicing.relay.udpsession import ReusePort, Session, formatAddress
 
 __all__ = ["UDPRelayService", "parseUDPListen", "parseUDPConnect"]
@@ -174,16 +175,18 @@ class UDPRelayService(service.Service):
     splices), C{datagramsOut}/C{bytesOut} (clients to backend, "out" as in
     the TCP relay's logs) and C{datagramsIn}/C{bytesIn} (backend to clients).
 
-    With C{metrics} (a L{splicing.app.metrics.RelayMetrics}) it reports as
+    With C{metrics} (an L{splicing.interfaces.IRelayMetrics}) it reports as
     C{relay=name}: each session's end and bytes, and the sessions running.
     """
 
     log = Logger()
+    kind = "udp"
 
     def __init__(self, listen, connect, idle=60.0, maxSessions=10000, reactor=None, socketBuffer=None,
                  name="udp", metrics=None):
         self.listenAt = parseUDPListen(listen)
         self.connectTo = parseUDPConnect(connect)
+        self.description = connect
         if idle is None or not idle > 0:
             raise ValueError("idle must be a positive number of seconds, not %r" % (idle,))
         if isinstance(maxSessions, bool) or not isinstance(maxSessions, int) or maxSessions < 0:
@@ -314,6 +317,14 @@ class UDPRelayService(service.Service):
     #: none ever waits (a new client over the cap is dropped).
     active = property(lambda self: self._sessions)
     waiting = ()
+
+    def backends(self):
+        """The backend as a L{splicing.relay.balance.Target} (never checked: UDP has no connect to fail)."""
+        target = Target(None, self.description)
+        if self.backend is not None:
+            target.address = formatAddress(self.backend)
+        target.sessions = len(self._sessions)
+        return [target]
 
     @property
     def sessions(self):

@@ -283,6 +283,12 @@ class Session:
                 moved.append((direction, s.backend, s.length))
         return moved
 
+    def status(self):
+        """This running session for a status page: client, backend, bytes each way so far, age, path."""
+        return {"client": formatAddress(self.clientKey), "backend": formatAddress(self.backend),
+                "bytes_out": self.bytesOut, "bytes_in": self.bytesIn, "age": time.monotonic() - self.started,
+                "path": self.up.backend if self.up is not None else None}
+
     # -- the end
 
     def end(self, how, error=0):

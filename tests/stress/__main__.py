@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import hostile_corpus  # noqa: E402
 import hostile_load  # noqa: E402
 import procs  # noqa: E402
-from stress import load  # noqa: E402
+from stress import early, load  # noqa: E402
 
 LISTEN = "tcp:0:interface=127.0.0.1:backlog=4096"
 MIX = "normal=6,client_reset=1,origin_reset=1,stall=1"
@@ -357,6 +357,11 @@ class Run:
             origin.close()
 
 
+    def early_close(self, relay, kind):
+        """Clients (and origins) closing at every point of a request, FIN or reset, 64 at once."""
+        return early.scenario(self, Row("early closes, %s %s" % (relay, kind)), relay, kind)
+
+
 def table(rows, seconds):
     out = ["| scenario | sessions | bytes checked | faults injected | leaks | failures | relay peak RSS | time |",
            "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -382,7 +387,9 @@ def main(argv=None):
     started = time.monotonic()
     scenarios = [("integrity", "kernel"), ("integrity", "mbuf"), ("leaks",), ("memory", "kernel"),
                  ("memory", "mbuf"), ("memory", "http"), ("origin_dies",), ("hostile_http",), ("descriptors",),
-                 ("lifecycle",)]
+                 ("lifecycle",), ("early_close", "http", "kernel"), ("early_close", "http", "mbuf"),
+                 ("early_close", "http", "transport"), ("early_close", "http", "tls-origin"),
+                 ("early_close", "tcp", "kernel"), ("early_close", "tcp", "mbuf")]
     with tempfile.TemporaryDirectory(prefix="splicing-stress-") as tmp:
         run = Run(args.scale, tmp)
         for name, *params in scenarios:

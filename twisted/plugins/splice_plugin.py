@@ -1,5 +1,6 @@
 """
-The twistd/twist dropin: C{twistd splice ...} runs L{splicing.app.cli}.
+The twistd/twist dropin: C{twistd splice ...} runs L{splicing.app.cli}
+(its C{Options} and C{makeService}).
 """
 
 from twisted.application.service import ServiceMaker
