@@ -223,3 +223,17 @@ def test_connect_failure_words():
     assert connectFailure(Failure(mismatch)) == (
         "TLS: certificate verify failed: the certificate is not valid for backend.example")
     assert connectionFailure(Failure(error.ConnectionDone())) is None  # a clean close is no failure
+
+
+def test_haproxy_listener_client_sending_nothing_is_dropped_with_why(start, web):
+    """A client that never sends its header is not held forever (5 s, the relay's headerTimeout)."""
+    relay = start(["tcp", "--listen", "haproxy:" + LOCAL, "--connect", web])
+    (where,) = relay.listening()["tcp"]
+    with connect(where) as s:
+        began = time.monotonic()
+        try:
+            assert s.recv(1) == b""
+        except ConnectionResetError:
+            pass  # dropped (reset) by the relay, not by this client
+        assert 4.5 < time.monotonic() - began < 8
+    assert relay.wait_for(r"dropped 127\.0\.0\.1:\d+: (.*)") == ["PROXY header missing: none within 5s"]

@@ -93,6 +93,8 @@ class RelayProtocol(Protocol):
         self._timers = {}
         self._phase = "proxy-header"
         proxyheader.whenHeaderRead(self.transport, self._accepted, self, self._headerRejected)
+        if self._phase == "proxy-header":  # a haproxy: listener's client, its header still to come
+            self._later("proxy-header", self.headerTimeout, self._headerLate)
 
     # -- hooks
 
@@ -112,7 +114,13 @@ class RelayProtocol(Protocol):
     def _headerRejected(self, why):
         self.factory.rejected(self, why)
 
+    def _headerLate(self):
+        """No PROXY header within L{headerTimeout}: a client that sends nothing holds no socket."""
+        self._headerRejected("PROXY header missing: none within %gs" % (self.headerTimeout,))
+        self.transport.abortConnection()
+
     def _accepted(self):
+        self._cancel("proxy-header")
         self.transport.pauseProducing()
         self._phase = "waiting"
         self.factory.admit(self)
