@@ -74,6 +74,8 @@ class Flow:
         self._out = []  # written before the destination existed
         self._batch = None  # written during one read event: sent together at its end
         self._inSocket = 0  # bytes after the last head that a peek saw in the socket
+        self._peek = self._peekSocket = None  # a peek whose first _taken bytes are handed over
+        self._taken = 0
         self._feeding = False
         self._framingError = None  # raised by the splice's framer, reported at its end
         self.srcEnded = False  # the source's read side ended: never read it again
@@ -122,28 +124,49 @@ class Flow:
             self.flush()
 
     def _readOnce(self, t):
+        """
+        One read.  A head is handed over from the peek itself, and taken
+        from the socket afterwards (L{_consume}), with the body that came
+        with it if that was taken too: one C{recv} for both.
+        """
         sock = t.socket
+        self._inSocket = 0
+        peeking = self.state == HEAD and not self._held
         try:
-            if self.state == HEAD and not self._held:
+            if peeking:
                 r = self.reader  # a peek needs no more than the longest head allowed, and one byte
                 data = sock.recv(r.limit + 3 - r.buffered, socket.MSG_PEEK)
-                if data:
-                    size = self.reader.headLength(data)
-                    self._inSocket = len(data) - size
-                    data = sock.recv(size)
             else:
-                self._inSocket = 0
                 data = sock.recv(t.bufferSize)
         except BlockingIOError:
-            self._inSocket = 0
             return None
         except OSError:
-            self._inSocket = 0
             return main.CONNECTION_LOST
         if not data:
             return main.CONNECTION_DONE
-        t.protocol.dataReceived(data)
+        if not peeking:
+            t.protocol.dataReceived(data)
+            return None
+        size = self.reader.headLength(data)
+        self._peek, self._peekSocket, self._taken = data, sock, size
+        try:
+            t.protocol.dataReceived(data if size == len(data) else data[:size])
+        finally:
+            self._consume()
         return None
+
+    def _consume(self):
+        """Take from the socket what was handed over from the peek (before anything else reads it)."""
+        peek = self._peek
+        if peek is None:
+            return
+        n, sock = self._taken, self._peekSocket
+        self._peek = self._peekSocket = None
+        self._inSocket = len(peek) - n
+        try:
+            sock.recv(n)  # in the socket already: the peek saw it
+        except OSError:
+            self._inSocket = 0  # the connection is gone; its end is reported as it comes
 
     def dataReceived(self, data):
         """Bytes from the source's protocol (never called while spliced)."""
@@ -184,16 +207,23 @@ class Flow:
         not all there yet are spliced, and never pass through Python.
         """
         n = self.remaining
-        if not 0 < n <= self._inSocket:
-            return False
-        try:
-            data = self._src.socket.recv(n)
-        except OSError:
-            data = b""
-        if not data:
-            self._inSocket = 0
-            return False  # the splice finds out what happened
-        self._inSocket -= len(data)  # what is left is the next message's
+        peek = self._peek
+        if peek is not None:  # taken with the head, by L{_consume}
+            if not 0 < n <= len(peek) - self._taken:
+                return False
+            data = peek[self._taken:self._taken + n]
+            self._taken += n
+        else:  # after a pause (no destination yet): the peek's count still holds
+            if not 0 < n <= self._inSocket:
+                return False
+            try:
+                data = self._src.socket.recv(n)
+            except OSError:
+                data = b""
+            if not data:
+                self._inSocket = 0
+                return False  # the splice finds out what happened
+            self._inSocket -= len(data)  # what is left is the next message's
         self._lengthData(data)
         return True
 
@@ -418,6 +448,7 @@ class Flow:
         if self._batch:  # the head before the body, then the splice
             writeNow(self.dst, b"".join(self._batch))
             self._batch = []
+        self._consume()  # the head out of the socket first: the body starts behind it
         self._inSocket = 0
         s = self.splice = spliceOn(self.src, self.dst, self.backend, max=n, framer=framer)
         s.done.addCallback(self._spliceDone)
