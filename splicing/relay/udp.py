@@ -16,6 +16,7 @@ C{\\:}):
 """
 
 import collections
+import ipaddress
 import socket
 
 from twisted.application import service
@@ -200,6 +201,7 @@ class UDPRelayService(service.Service):
         self._sessions = {}
         self._queue = collections.deque()  # datagrams to dispatch (see dispatch)
         self._dispatching = False
+        self.lean = False  # whether new sessions start lean (decided by startService)
         self.sessionsTotal = 0
         self.dropped = 0
         self.lost = 0
@@ -227,6 +229,9 @@ class UDPRelayService(service.Service):
             host = info[0][4][0]
         self.backend = (host, port)
         interface, lport = self.listenAt
+        # One listening address: a new client's answers can leave from the
+        # listening socket itself, so its session starts lean (see udpsession).
+        self.lean = not ipaddress.ip_address(interface).is_unspecified
         p = _ListenPort(lport, _Listener(self), interface, 65536, self.reactor)
         if self.inheritedSocket is not None:
             p._preexistingSocket = self.inheritedSocket  # Twisted's adopt path: no bind
@@ -288,7 +293,7 @@ class UDPRelayService(service.Service):
                 self.dropped += 1
                 return
             try:
-                session = Session(self, client, local, self.backend, self.reactor)
+                session = Session(self, client, local, self.backend, self.reactor, lean=self.lean)
             except OSError as e:
                 self.lost += 1
                 self.log.warn("UDP relay: no session for {client}: {error}", client="%s:%d" % key, error=e)
