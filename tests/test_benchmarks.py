@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks import charts, report  # noqa: E402
-from benchmarks.report import Spread, Table, Verdict  # noqa: E402
+from benchmarks.report import Spread, Table, Verdict, markdown_report  # noqa: E402
 from benchmarks.scenario import Chart, Context, Outcome  # noqa: E402
 
 
@@ -109,3 +109,29 @@ def test_loads_through_a_direct_connection():
 def test_quick_context_picks_small_values():
     assert Context(quick=True).pick(10000, 400) == 400
     assert Context(quick=False).pick(10000, 400) == 10000
+
+
+def test_udp_queries_table_and_verdict():
+    """The DNS-like query rows: added latency against direct, the ratio new port / running session."""
+    from benchmarks import udp_throughput
+
+    q = lambda median: [{"median": median, "p90": median, "mean": median, "lost": 0}]
+    results = {("direct", True): q(20.0), ("direct", False): q(15.0),
+               ("twisted", True): q(60.0), ("twisted", False): q(50.0),
+               ("splice", True): q(120.0), ("splice", False): q(55.0)}
+    table = udp_throughput.queryTable(results, 10, 1)
+    rows = {r["relay"]: r for r in table.rows}
+    assert (rows["splice"]["afresh"], rows["splice"]["asame"], rows["splice"]["x"]) == (100.0, 40.0, 2.5)
+    assert "afresh" not in rows["direct"]
+    (v,) = table.verdicts
+    assert v.value == 2.5 and v.goal == udp_throughput.QUERY_TARGET and not v.higher and not v.met
+    assert "| splice | 120 | 55 | 100 | 40 | 2.50 |" in markdown_report([], [table])
+
+
+def test_udp_queries_through_the_relays():
+    """The echo responder and the query client, fresh ports and one session, through both relays (a few seconds)."""
+    from benchmarks import udp_throughput
+
+    results = udp_throughput.queries(5, 1)
+    assert set(results) == {(n, f) for n in udp_throughput.RELAYS for f in (True, False)}
+    assert all(r["answers"] == 5 and r["lost"] == 0 for v in results.values() for r in v)
