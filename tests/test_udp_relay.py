@@ -177,6 +177,24 @@ async def test_a_new_client_costs_one_socket_no_port_no_splice(net, family):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_new_client_of_a_wildcard_listen_is_answered_from_the_address_it_used(net):
+    """
+    Listening on 0.0.0.0, a client that sent to 127.0.0.2 is answered from
+    127.0.0.2 (IP_PKTINFO on the listening socket): the routing table alone
+    would pick 127.0.0.1, which the client's connected port would not hear.
+    """
+    svc, echo = await relay(net, listen="0.0.0.0", idle=5.0)
+    c, port = client(net, svc, host="127.0.0.2")
+    port.write(b"one")
+    await wait_until(lambda: c.replies, what="the answer")
+    (session,) = svc._sessions.values()
+    assert session.local[0] == "127.0.0.2" and session.front is None  # lean: answered by the listener
+    port.write(b"two")  # spliced from now on, from the same address
+    await wait_until(lambda: len(c.replies) == 2, what="the second answer")
+    assert c.replies == [b"one", b"two"] and session.front is not None
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_second_datagram_splices_the_session(net):
     """A client that sends again is spliced both ways; answers waiting in the lean socket come first, in order."""
     svc, echo = await relay(net, idle=5.0)

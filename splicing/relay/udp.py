@@ -202,6 +202,7 @@ class UDPRelayService(service.Service):
         self._queue = collections.deque()  # datagrams to dispatch (see dispatch)
         self._dispatching = False
         self.lean = False  # whether new sessions start lean (decided by startService)
+        self.wildcard = False  # listening on 0.0.0.0 or ::
         self.sessionsTotal = 0
         self.dropped = 0
         self.lost = 0
@@ -229,9 +230,10 @@ class UDPRelayService(service.Service):
             host = info[0][4][0]
         self.backend = (host, port)
         interface, lport = self.listenAt
-        # One listening address: a new client's answers can leave from the
-        # listening socket itself, so its session starts lean (see udpsession).
-        self.lean = not ipaddress.ip_address(interface).is_unspecified
+        # New sessions start lean (see udpsession); from a wildcard listen
+        # their answers name their source address (IP_PKTINFO).
+        self.wildcard = ipaddress.ip_address(interface).is_unspecified
+        self.lean = bool(getattr(socket, "CMSG_LEN", None)) or not self.wildcard
         p = _ListenPort(lport, _Listener(self), interface, 65536, self.reactor)
         if self.inheritedSocket is not None:
             p._preexistingSocket = self.inheritedSocket  # Twisted's adopt path: no bind

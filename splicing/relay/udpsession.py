@@ -16,10 +16,11 @@ batches of whole datagrams).  What does not arrive through them (the
 datagrams the listening socket read before this session existed, and any
 the kernel still gives it) is forwarded here in user land, never dropped.
 
-A session starts lean when the relay listens on one address: its first
-datagram leaves on a plain socket connected to the backend (C{socket},
-C{connect}, C{send}: nothing else first), and the backend's answers go back
-through the listening socket (C{sendto} the client).  No Twisted port, no
+A session starts lean: its first datagram leaves on a plain socket
+connected to the backend (C{socket}, C{connect}, C{send}: nothing else
+first), and the backend's answers go back through the listening socket
+(C{sendto} the client; from a wildcard listen, with C{IP_PKTINFO} /
+C{IPV6_PKTINFO} naming the address the client sent to).  No Twisted port, no
 front socket, no splice: a DNS query from a fresh port costs little more
 than one on a running session.  The client's second datagram makes the
 session a spliced one, as above (L{Session._promote}).
@@ -167,6 +168,22 @@ def _family(host):
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
+_IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+_IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+
+
+def sourceAncillary(listenFamily, local):
+    """
+    The ancillary data that makes a datagram sent from a wildcard listening
+    socket leave from C{local} (the address the client sent to):
+    C{IP_PKTINFO}, or C{IPV6_PKTINFO} on an IPv6 socket (Linux takes a
+    v4-mapped address there for an IPv4 client of a dual-stack socket).
+    """
+    if listenFamily == socket.AF_INET6:
+        return [(socket.IPPROTO_IPV6, _IPV6_PKTINFO, socket.inet_pton(socket.AF_INET6, local) + b"\0" * 4)]
+    return [(socket.IPPROTO_IP, _IP_PKTINFO, b"\0" * 4 + socket.inet_aton(local) + b"\0" * 4)]
+
+
 class Session:
     """
     A client's session.  Counters: datagrams and bytes each way, spliced or
@@ -310,6 +327,9 @@ class Session:
     def _leanReplies(self):
         """The backend's answers to a lean session, sent to the client from the listening socket."""
         sock, listener = self._lean.socket, self.relay.port.socket
+        ancillary = None
+        if self.relay.wildcard:
+            ancillary = sourceAncillary(listener.family, self.local[0])
         for _ in range(self.LEAN_BATCH):
             try:
                 data = sock.recv(65536)
@@ -318,7 +338,10 @@ class Session:
             except OSError as e:
                 return self.end("error", e.errno)
             try:
-                listener.sendto(data, self.client)
+                if ancillary is None:
+                    listener.sendto(data, self.client)
+                else:
+                    listener.sendmsg([data], ancillary, 0, self.client)
             except OSError:
                 self.relay.lost += 1  # a full socket drops a datagram, as UDP does
                 continue
