@@ -93,6 +93,8 @@ class RelayProtocol(Protocol):
         self._timers = {}
         self._phase = "proxy-header"
         proxyheader.whenHeaderRead(self.transport, self._accepted, self, self._headerRejected)
+        if self._phase == "proxy-header":  # a haproxy: listener's client, its header still to come
+            self._later("proxy-header", self.headerTimeout, self._headerLate)
 
     # -- hooks
 
@@ -112,7 +114,13 @@ class RelayProtocol(Protocol):
     def _headerRejected(self, why):
         self.factory.rejected(self, why)
 
+    def _headerLate(self):
+        """No PROXY header within L{headerTimeout}: a client that sends nothing holds no socket."""
+        self._headerRejected("PROXY header missing: none within %gs" % (self.headerTimeout,))
+        self.transport.abortConnection()
+
     def _accepted(self):
+        self._cancel("proxy-header")
         self.transport.pauseProducing()
         self._phase = "waiting"
         self.factory.admit(self)
@@ -175,7 +183,7 @@ class RelayProtocol(Protocol):
             guard.exhausted("connect", error)
             self._later("connect", guard.delay, self._connect, endpoint)
             return
-        self._why = connectFailure(reason, self.factory.balancer.timeout)
+        self._why = connectFailure(reason, self.factory.balancer.timeout)  # said by the session's event
         if reason.check(NoBackendError):
             self.factory._observe("refused", "backends-down")
             self._close("backends-down")  # at once: no client waits for a backend known dead
@@ -455,15 +463,15 @@ class RelayFactory(Factory):
             return
         self.table.admit(protocol)
 
-    def backends(self):
-        """The L{splicing.relay.balance.Target}s, with their state (for status pages and metrics)."""
-        return list(self.balancer.targets)
-
     def rejected(self, protocol, why):
         """A C{haproxy:} listener dropped C{protocol}'s client: no valid PROXY header."""
         self.log.warn("dropped {client}: {why}", client=formatAddress(protocol.transport.getPeer()), why=why,
                       relay=self.name)
         self._observe("refused", "proxy-header")
+
+    def backends(self):
+        """The L{splicing.relay.balance.Target}s, with their state (for status pages and metrics)."""
+        return list(self.balancer.targets)
 
     def connectBackend(self, factory, endpoint=None, client=None):
         """A Deferred (protocol, target): C{endpoint}, or the targets' choice for C{client}."""
