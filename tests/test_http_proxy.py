@@ -1098,6 +1098,40 @@ async def test_response_body_in_hand_not_spliced(net):
 
 
 @pytest_twisted.ensureDeferred
+async def test_bodies_in_hand_over_ipv6(net):
+    """::1 on both sides: a small upload and a small answer, each sent with its head, copied with it, byte for byte."""
+    from twisted.internet.endpoints import TCP6ClientEndpoint
+
+    body = blob(700)
+    origin = RawOrigin(net, canned(b"HTTP/1.1 200 OK\r\nContent-Length: 700\r\n\r\n" + body))
+    origin6 = net.listen(origin.port.factory, 6)
+    proxy = Proxy(net, [TCP6ClientEndpoint(reactor, "::1", origin6.getHost().port, timeout=5)])
+    proxy6 = net.listen(proxy.factory, 6)
+    req = request_bytes("POST", "/", host="[::1]", body=b"u" * 50,
+                        headers=[("Content-Length", "50"), ("Connection", "close")])
+
+    def client():
+        s = socket.create_connection(("::1", proxy6.getHost().port), timeout=10)
+        try:
+            s.sendall(req)
+            out = b""
+            while True:
+                b = s.recv(65536)
+                if not b:
+                    return out
+                out += b
+        finally:
+            s.close()
+
+    got = await harness.wait(in_thread(client), 10, "exchange over ::1")
+    r = one_response(got)
+    assert (r.status, sha(r.body)) == (200, sha(body))
+    (s,) = await ended(proxy)
+    assert (s["spliced"], s["copied"]) == (0, len(req) + len(got)), s
+    assert origin.received.endswith(b"u" * 50)
+
+
+@pytest_twisted.ensureDeferred
 async def test_body_after_its_head_spliced(net):
     """A body that was not there when its head was read is spliced, every byte of it: never read into Python."""
     origin = WebOrigin(net)
