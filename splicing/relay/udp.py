@@ -136,9 +136,13 @@ class _ListenPort(ReusePort):
             s.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
         return s
 
+    _bound = None  # the bound address, asked once (not a getsockname() per read event)
+
     def doRead(self):
         relay = self.protocol.relay
-        bound = self.socket.getsockname()
+        bound = self._bound
+        if bound is None:
+            bound = self._bound = self.socket.getsockname()
         for _ in range(self.maxThroughput // 64):  # bounded: fair to other sockets
             try:
                 data, anc, _, addr = self.socket.recvmsg(65536, 256)

@@ -215,9 +215,11 @@ class Session:
         self.front = self.back = None
         self._lean = None
         if lean:
-            sock = socket.socket(_family(backend[0]), socket.SOCK_DGRAM | getattr(socket, "SOCK_NONBLOCK", 0))
+            nonblocking = getattr(socket, "SOCK_NONBLOCK", 0)  # no fcntl() after socket()
+            sock = socket.socket(_family(backend[0]), socket.SOCK_DGRAM | nonblocking)
             try:
-                sock.setblocking(False)
+                if not nonblocking:
+                    sock.setblocking(False)
                 sock.connect(backend)
             except BaseException:
                 sock.close()
