@@ -1132,6 +1132,53 @@ async def test_bodies_in_hand_over_ipv6(net):
 
 
 @pytest_twisted.ensureDeferred
+async def test_pipelined_answers_to_a_client_that_reads_late_stay_in_order(net):
+    """
+    300 pipelined requests whose 6 KB answers are in hand, to a client that
+    reads nothing for a while and with a small receive buffer: the sends
+    the socket does not take wait in Twisted's buffer, and later answers
+    queue behind them, never ahead.
+    """
+    origin = WebOrigin(net)
+    proxy = Proxy(net, [origin])
+    base = proxy.factory.protocol
+
+    class SmallSendBuffer(base):
+        def connectionMade(self):
+            self.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            super().connectionMade()
+
+    proxy.factory.protocol = SmallSendBuffer
+    sizes = [6000 + i for i in range(300)]
+    batch = b"".join(request_bytes("GET", "/fixed/%d" % n) for n in sizes[:-1])
+    batch += request_bytes("GET", "/fixed/%d" % sizes[-1], headers=[("Connection", "close")])
+
+    def client():
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.settimeout(20)
+        s.connect(("127.0.0.1", proxy.portno))
+        try:
+            s.sendall(batch)
+            time.sleep(1.0)
+            out = bytearray()
+            while True:
+                b = s.recv(65536)
+                if not b:
+                    return bytes(out)
+                out += b
+        finally:
+            s.close()
+
+    out = await harness.wait(in_thread(client), 30, "pipelined answers")
+    rs = parse_responses(out)
+    assert [len(r.body) for r in rs] == sizes
+    assert all(r.body == blob(n) for r, n in zip(rs, sizes))
+    (s,) = await ended(proxy)
+    assert s["requests"] == 300, s
+
+
+@pytest_twisted.ensureDeferred
 async def test_body_after_its_head_spliced(net):
     """A body that was not there when its head was read is spliced, every byte of it: never read into Python."""
     origin = WebOrigin(net)
