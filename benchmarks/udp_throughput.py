@@ -380,8 +380,8 @@ def suite(ctx):
         table.notes.append(
             "The splice relay's own counters after the %d-client runs: %d sessions created in all "
             "(%d clients x %d runs), %d dropped over the cap, %d datagrams forwarded in user land "
-            "(a session's first two datagrams and their answers, before it is spliced, and those that reached "
-                "the listener before a session existed). "
+            "(a session's first two datagrams and their answers, before it is spliced, and those "
+            "that reached the listener before a session existed). "
             "Sessions of earlier runs stay until their idle timeout (60 s)." % (
                 clients, counters.get("sessionsTotal", 0), clients, repeat,
                 counters.get("dropped", 0), counters.get("userland", 0)))
