@@ -135,3 +135,28 @@ def test_udp_queries_through_the_relays():
     results = udp_throughput.queries(5, 1)
     assert set(results) == {(n, f) for n in udp_throughput.RELAYS for f in (True, False)}
     assert all(r["answers"] == 5 and r["lost"] == 0 for v in results.values() for r in v)
+
+
+def test_http_small_requests_rows_against_the_tcp_relay(monkeypatch):
+    """The small-request table: requests/s, relay CPU per request, x tcp-relay and the 0.8x verdict (no load run)."""
+    from benchmarks import http_throughput as h
+
+    def fake(names, nbytes, repeat, small, verbose=False, chunk=None):
+        results = {(n, c): [] for n in names for c in h.CASES + [("small", False)]}
+        rps = {"direct": 20000, "http-proxy": 7000, "tcp-relay": 10000, "reverse-proxy": 2000, "haproxy-http": 12000}
+        for n in names:
+            for c in h.CASES:
+                results[(n, c)].append({"bytes": nbytes, "secs": 1.0, "relay_cpu": 0.1, "error": None})
+            results[(n, ("small", False))].append(
+                {"requests": rps[n], "secs": 1.0, "relay_cpu": None if n == "direct" else rps[n] * 50e-6,
+                 "bytes": rps[n] * 1024, "error": None})
+        return results, []
+
+    monkeypatch.setattr(h, "measure", fake)
+    monkeypatch.setattr(Context, "peer_relays", lambda self: [])
+    outcome = h.suite(Context(quick=True))
+    small = next(t for t in outcome.tables if t.key == "http-small")
+    rows = {r["relay"]: r for r in small.rows}
+    assert rows["http-proxy"]["xtcp"] == 0.7 and round(rows["http-proxy"]["cpu"].median, 6) == 50.0
+    v = next(v for v in small.verdicts if "TCP relay" in v.target)
+    assert v.value == 0.7 and v.goal == h.SMALL_VS_TCP and not v.met
