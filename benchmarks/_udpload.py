@@ -16,6 +16,18 @@ interpreter.
         line (sent, seconds).  With C{--clients N}, N sockets (N client
         addresses, so N relay sessions) take turns, a batch of 4 each.
 
+    python -m benchmarks._udpload echo
+        A DNS-like responder on 127.0.0.1 (a free port, printed as C{PORT
+        <n>}): every datagram goes back to its sender at once.
+
+    python -m benchmarks._udpload query --port P --count N [--fresh] [--size S]
+        N queries of S bytes (default 40, a DNS query's size), one at a
+        time, each waiting for its answer: from a new socket (a fresh client
+        port, as a resolver sends them) with C{--fresh}, else all from one
+        socket (one relay session).  Prints one JSON line: median, p90 and
+        mean round trip in microseconds, answers, and lost queries (no
+        answer in 1 s).
+
     python -m benchmarks._udpload twisted-relay --listen P --connect Q
         The reference: a plain Twisted C{DatagramProtocol} relay, the
         backend side a connected port, replies to the last client.
@@ -180,6 +192,52 @@ def _sendFromMany(args, socks):
     _emit({"sent": sent, "seconds": time.monotonic() - start})
 
 
+# -- DNS-like queries -------------------------------------------------------
+
+
+def echo(args):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", args.port))
+    sys.stdout.write("PORT %d\n" % sock.getsockname()[1])
+    sys.stdout.flush()
+    while True:
+        data, addr = sock.recvfrom(65536)
+        sock.sendto(data, addr)
+
+
+def query(args):
+    """One query at a time; the round trip of each, from send to answer."""
+    payload = bytes(range(256)) * (args.size // 256 + 1)
+    payload = payload[:args.size]
+    target = ("127.0.0.1", args.port)
+    rtts, lost = [], 0
+    one = None
+    for i in range(args.count):
+        if args.fresh or one is None:
+            if one is not None:
+                one.close()
+            one = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            one.bind(("127.0.0.1", 0))
+            one.settimeout(1.0)
+        t0 = time.perf_counter()
+        one.sendto(payload, target)
+        try:
+            data = one.recv(65536)
+        except socket.timeout:
+            lost += 1
+            continue
+        rtts.append(time.perf_counter() - t0)
+        if data != payload:
+            lost += 1
+    one.close()
+    rtts.sort()
+    us = lambda x: round(x * 1e6, 1)
+    _emit({"answers": len(rtts), "lost": lost, "fresh": args.fresh,
+           "median": us(rtts[len(rtts) // 2]) if rtts else None,
+           "p90": us(rtts[int(len(rtts) * 0.9)]) if rtts else None,
+           "mean": us(sum(rtts) / len(rtts)) if rtts else None})
+
+
 # -- relays ----------------------------------------------------------------
 
 
@@ -255,12 +313,20 @@ def main(argv=None):
     s.add_argument("--seconds", type=float, default=2.0)
     s.add_argument("--rate", type=float, default=0.0, help="datagrams/s (0: unpaced)")
     s.add_argument("--clients", type=int, default=1, help="client sockets (relay sessions)")
+    e = sub.add_parser("echo")
+    e.add_argument("--port", type=int, default=0)
+    q = sub.add_parser("query")
+    q.add_argument("--port", type=int, required=True)
+    q.add_argument("--count", type=int, default=200)
+    q.add_argument("--size", type=int, default=40)
+    q.add_argument("--fresh", action="store_true", help="each query from a new socket (a new relay session)")
     for name in ("twisted-relay", "splice-relay"):
         p = sub.add_parser(name)
         p.add_argument("--listen", type=int, required=True)
         p.add_argument("--connect", type=int, required=True)
     args = parser.parse_args(argv)
-    {"recv": recv, "send": send, "twisted-relay": twistedRelay, "splice-relay": spliceRelay}[args.cmd](args)
+    {"recv": recv, "send": send, "echo": echo, "query": query, "twisted-relay": twistedRelay,
+     "splice-relay": spliceRelay}[args.cmd](args)
 
 
 if __name__ == "__main__":

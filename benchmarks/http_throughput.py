@@ -50,6 +50,7 @@ RELAYS = ["direct", "http-proxy", "tcp-relay", "reverse-proxy"]
 CASES = [("dl", False), ("dl", True), ("ul", False), ("ul", True)]
 THROUGHPUT_VS_REVERSE = 1.8
 THROUGHPUT_VS_TCP = 0.9
+SMALL_VS_TCP = 0.8  # small keep-alive requests: the proxy against the TCP relay carrying the same requests
 # twisted.web.proxy cannot relay a chunked upload: ReverseProxyResource reads
 # the de-chunked body but forwards the "Transfer-Encoding: chunked" field with
 # it, so the origin waits for chunk framing that never comes.
@@ -275,6 +276,11 @@ def report(names, results, failures, args, out=sys.stdout):
         x = rps["http-proxy"] / rps["reverse-proxy"]
         w("  %-28s %.0f vs %.0f req/s = %.2fx (>= 1.0x: %s)\n" % (
             "small keep-alive requests", rps["http-proxy"], rps["reverse-proxy"], x, "PASS" if x >= 1 else "MISS"))
+    if rps.get("http-proxy") and rps.get("tcp-relay"):
+        x = rps["http-proxy"] / rps["tcp-relay"]
+        w("  %-28s %.0f vs %.0f req/s through the TCP relay = %.2fx (>= %.1fx: %s)\n" % (
+            "small keep-alive requests", rps["http-proxy"], rps["tcp-relay"], x, SMALL_VS_TCP,
+            "PASS" if x >= SMALL_VS_TCP else "MISS"))
     for n in names:
         first = relayKind(n)
         if first != n and first in names:
@@ -342,11 +348,16 @@ def suite(ctx):
         "http-small", "HTTP small keep-alive requests",
         "Requests/s on one keep-alive connection, one request at a time (GET, 1 KiB response "
         "body), %g s per run; %d interleaved runs, median (min-max)." % (small, repeat),
-        [("relay", "relay", "%s"), ("rps", "requests/s", "%.0f"), ("xrev", "x reverse proxy", "%.2f"),
-         ("xha", "x haproxy-http", "%.2f")])
+        [("relay", "relay", "%s"), ("rps", "requests/s", "%.0f"), ("cpu", "relay CPU µs/request", "%.0f"),
+         ("xtcp", "x tcp-relay", "%.2f"), ("xrev", "x reverse proxy", "%.2f"), ("xha", "x haproxy-http", "%.2f")])
+    cpuPer = {n: Spread.of([1e6 * r["relay_cpu"] / r["requests"] for r in ok(results[(n, key)])
+                            if r.get("relay_cpu") is not None and r["requests"]]) for n in names}
     for n in names:
-        small_t.rows.append({"relay": n, "rps": rps[n], "xrev": ratio(rps[n], rps.get("reverse-proxy")),
+        small_t.rows.append({"relay": n, "rps": rps[n], "cpu": cpuPer[n], "xtcp": ratio(rps[n], rps.get("tcp-relay")),
+                             "xrev": ratio(rps[n], rps.get("reverse-proxy")),
                              "xha": ratio(rps[n], rps.get("haproxy-http"))})
+    small_t.verdicts.append(Verdict("HTTP small requests: proxy vs the TCP relay carrying the same requests",
+                                    ratio(rps["http-proxy"], rps.get("tcp-relay")), SMALL_VS_TCP))
     small_t.verdicts.append(Verdict("HTTP small requests: proxy vs reverse proxy",
                                     ratio(rps["http-proxy"], rps.get("reverse-proxy")), 1.0))
     if "haproxy-http" in names:

@@ -36,6 +36,7 @@ SIZES = (64, 1400)
 TARGET = 2.0  # splice vs twisted, forwarded datagrams/s
 CLIENTS = 1000  # the many-sessions run: client sockets at once
 CLIENTS_SIZE = 512
+QUERY_TARGET = 2.0  # a query from a new port adds at most this many times what one on a running session adds
 
 
 def _spawn(args, **kw):
@@ -144,6 +145,77 @@ def run(receiver, relay, size, seconds, rate, clients=1):
     }
 
 
+def queries(count, repeat, log=lambda result: None):
+    """
+    DNS-like queries (40 bytes, one at a time, each waiting for its answer)
+    to an echo responder, directly and through each relay: from a fresh
+    client port per query (a new relay session each, as resolvers send
+    them) and all from one socket (one running session); C{repeat}
+    interleaved rounds.  Returns {(relay, fresh): [query results]} (median,
+    p90, mean in microseconds; see L{benchmarks._udpload.query}).
+    """
+    procs, out = [], {}
+    try:
+        echo = _spawn(["echo"], stdout=subprocess.PIPE)
+        procs.append(echo)
+        line = echo.stdout.readline()
+        if not line.startswith("PORT "):
+            raise BenchError("the echo responder said %r" % line)
+        port = int(line.split()[1])
+        relays = [Relay(name, port) for name in RELAYS]
+        procs += [r.proc for r in relays]
+        for _ in range(repeat):
+            for fresh in (True, False):
+                for relay in relays:
+                    q = _spawn(["query", "--port", str(relay.port), "--count", str(count)]
+                               + (["--fresh"] if fresh else []), stdout=subprocess.PIPE)
+                    try:
+                        res, _ = q.communicate(timeout=count * 0.05 + 20)
+                    finally:
+                        kill(q)
+                    r = json.loads(res.strip().splitlines()[-1])
+                    r["relay"] = relay.name
+                    out.setdefault((relay.name, fresh), []).append(r)
+                    log(r)
+    finally:
+        for p in procs:
+            kill(p)
+    return out
+
+
+def queryTable(results, count, repeat):
+    """The report's table of DNS-like queries, and its verdict (see L{queries})."""
+    from benchmarks.report import Spread, Table, Verdict
+
+    table = Table(
+        "udp-queries", "UDP: DNS-like queries from a new port and on a running session",
+        "%d queries of 40 bytes, one at a time, to an echo responder, each from a fresh client "
+        "port (`new port`: a new relay session per query, as resolvers send them) or all from one "
+        "socket (`running`: one session); median round trip in microseconds; `added`: the median "
+        "minus the direct one; %d interleaved rounds, median (min-max) of the rounds' medians."
+        % (count, repeat),
+        [("relay", "relay", "%s"), ("fresh", "new port µs", "%.0f"), ("same", "running µs", "%.0f"),
+         ("afresh", "added, new port", "%.0f"), ("asame", "added, running", "%.0f"),
+         ("x", "new port / running (added)", "%.2f")])
+    med = {k: Spread.of([r["median"] for r in v if r.get("median") is not None]) for k, v in results.items()}
+    direct = {fresh: med.get(("direct", fresh)) for fresh in (True, False)}
+    verdicts = {}
+    for name in RELAYS:
+        fresh, same = med.get((name, True)), med.get((name, False))
+        row = {"relay": name, "fresh": fresh, "same": same}
+        if name != "direct" and fresh and same and direct[True] and direct[False]:
+            added = fresh.median - direct[True].median, same.median - direct[False].median
+            row.update(afresh=added[0], asame=added[1], x=added[0] / added[1] if added[1] > 0 else None)
+            verdicts[name] = row["x"]
+        table.rows.append(row)
+    table.verdicts.append(Verdict("UDP query from a new port: added latency vs a running session's",
+                                  verdicts.get("splice"), QUERY_TARGET, higher=False))
+    lost = sum(r["lost"] for v in results.values() for r in v)
+    if lost:
+        table.notes.append("%d queries got no answer within 1 s." % lost)
+    return table
+
+
 def median(results, key):
     return statistics.median(r[key] for r in results)
 
@@ -155,12 +227,21 @@ def main(argv=None):
     parser.add_argument("--rates", default="100000,200000",
                         help="paced offered rates, datagrams/s, comma-separated (default 100000,200000)")
     parser.add_argument("--json", action="store_true", help="also print every run as a JSON line")
+    parser.add_argument("--queries", type=int, default=0,
+                        help="only DNS-like queries: this many per run, new port and running session")
     parser.add_argument("--clients", type=int, default=0,
                         help="also run with this many client sockets at once (%d B datagrams)"
                              % CLIENTS_SIZE)
     args = parser.parse_args(argv)
     rates = [int(r) for r in args.rates.split(",") if r]
     started = time.monotonic()
+    if args.queries:
+        from benchmarks.report import markdown_report
+
+        table = queryTable(queries(args.queries, args.repeat), args.queries, args.repeat)
+        print(markdown_report([], [table], [], [], []))
+        print("(%.0f s in all)" % (time.monotonic() - started))
+        return
     results, counters = measure(args.seconds, args.repeat, rates, args.clients,
                                 log=lambda r: args.json and print(json.dumps(r), flush=True))
     report(results, rates)
@@ -257,6 +338,9 @@ def suite(ctx):
 
     seconds, repeat = ctx.pick(1.5, 0.4), ctx.pick(3, 1)
     clients = ctx.pick(CLIENTS, 50)
+    count = ctx.pick(300, 30)
+    ctx.log("udp: DNS-like queries, %d per run, new port and running session, x %d" % (count, repeat))
+    asked = queries(count, repeat)
     ctx.log("udp: %s, sizes %s and %d clients, %g s x %d" % (
         ", ".join(RELAYS), SIZES, clients, seconds, repeat))
     results, counters = measure(seconds, repeat, [], clients)
@@ -296,7 +380,8 @@ def suite(ctx):
         table.notes.append(
             "The splice relay's own counters after the %d-client runs: %d sessions created in all "
             "(%d clients x %d runs), %d dropped over the cap, %d datagrams forwarded in user land "
-            "(first datagrams and those that reached the listener before a session existed). "
+            "(a session's first two datagrams and their answers, before it is spliced, and those "
+            "that reached the listener before a session existed). "
             "Sessions of earlier runs stay until their idle timeout (60 s)." % (
                 clients, counters.get("sessionsTotal", 0), clients, repeat,
                 counters.get("dropped", 0), counters.get("userland", 0)))
@@ -305,7 +390,7 @@ def suite(ctx):
     chart = Chart("udp.png", "UDP forwarding rate", lambda path: charts.grouped(
         path, "UDP datagrams forwarded per second (unpaced senders)", "thousand datagrams/s",
         ["%d B, %d client%s" % (size, n, "s" if n > 1 else "") for size, n in cases], series))
-    return Outcome([table], [chart], [])
+    return Outcome([table, queryTable(asked, count, repeat)], [chart], [])
 
 
 if __name__ == "__main__":

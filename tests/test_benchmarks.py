@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks import charts, report  # noqa: E402
-from benchmarks.report import Spread, Table, Verdict  # noqa: E402
+from benchmarks.report import Spread, Table, Verdict, markdown_report  # noqa: E402
 from benchmarks.scenario import Chart, Context, Outcome  # noqa: E402
 
 
@@ -109,3 +109,54 @@ def test_loads_through_a_direct_connection():
 def test_quick_context_picks_small_values():
     assert Context(quick=True).pick(10000, 400) == 400
     assert Context(quick=False).pick(10000, 400) == 10000
+
+
+def test_udp_queries_table_and_verdict():
+    """The DNS-like query rows: added latency against direct, the ratio new port / running session."""
+    from benchmarks import udp_throughput
+
+    q = lambda median: [{"median": median, "p90": median, "mean": median, "lost": 0}]
+    results = {("direct", True): q(20.0), ("direct", False): q(15.0),
+               ("twisted", True): q(60.0), ("twisted", False): q(50.0),
+               ("splice", True): q(120.0), ("splice", False): q(55.0)}
+    table = udp_throughput.queryTable(results, 10, 1)
+    rows = {r["relay"]: r for r in table.rows}
+    assert (rows["splice"]["afresh"], rows["splice"]["asame"], rows["splice"]["x"]) == (100.0, 40.0, 2.5)
+    assert "afresh" not in rows["direct"]
+    (v,) = table.verdicts
+    assert v.value == 2.5 and v.goal == udp_throughput.QUERY_TARGET and not v.higher and not v.met
+    assert "| splice | 120 | 55 | 100 | 40 | 2.50 |" in markdown_report([], [table])
+
+
+def test_udp_queries_through_the_relays():
+    """The echo responder and the query client, fresh ports and one session, through both relays (a few seconds)."""
+    from benchmarks import udp_throughput
+
+    results = udp_throughput.queries(5, 1)
+    assert set(results) == {(n, f) for n in udp_throughput.RELAYS for f in (True, False)}
+    assert all(r["answers"] == 5 and r["lost"] == 0 for v in results.values() for r in v)
+
+
+def test_http_small_requests_rows_against_the_tcp_relay(monkeypatch):
+    """The small-request table: requests/s, relay CPU per request, x tcp-relay and the 0.8x verdict (no load run)."""
+    from benchmarks import http_throughput as h
+
+    def fake(names, nbytes, repeat, small, verbose=False, chunk=None):
+        results = {(n, c): [] for n in names for c in h.CASES + [("small", False)]}
+        rps = {"direct": 20000, "http-proxy": 7000, "tcp-relay": 10000, "reverse-proxy": 2000, "haproxy-http": 12000}
+        for n in names:
+            for c in h.CASES:
+                results[(n, c)].append({"bytes": nbytes, "secs": 1.0, "relay_cpu": 0.1, "error": None})
+            results[(n, ("small", False))].append(
+                {"requests": rps[n], "secs": 1.0, "relay_cpu": None if n == "direct" else rps[n] * 50e-6,
+                 "bytes": rps[n] * 1024, "error": None})
+        return results, []
+
+    monkeypatch.setattr(h, "measure", fake)
+    monkeypatch.setattr(Context, "peer_relays", lambda self: [])
+    outcome = h.suite(Context(quick=True))
+    small = next(t for t in outcome.tables if t.key == "http-small")
+    rows = {r["relay"]: r for r in small.rows}
+    assert rows["http-proxy"]["xtcp"] == 0.7 and round(rows["http-proxy"]["cpu"].median, 6) == 50.0
+    v = next(v for v in small.verdicts if "TCP relay" in v.target)
+    assert v.value == 0.7 and v.goal == h.SMALL_VS_TCP and not v.met

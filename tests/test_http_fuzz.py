@@ -112,6 +112,21 @@ def test_split_reads_never_change_the_verdict(data, cuts):
 
 
 @FUZZ
+@given(mutations(requests()), st.lists(st.integers(0, 1000), min_size=1, max_size=8))
+@example(b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 7 + b"\r\n", [3])  # maxLines exactly
+@example(b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 8 + b"\r\n", [3])  # one line too many
+@example(b"GET / HTTP/1.1\r\nHost: " + b"h" * 365 + b"\r\n\r\n", [5])  # 400 bytes: the limit
+@example(b"GET / HTTP/1.1\r\nHost: " + b"h" * 366 + b"\r\n\r\n", [5])  # 401
+def test_a_head_taken_alone_reads_as_in_pieces(data, cuts):
+    """
+    A socket reader takes exactly one head (see Flow._readSource), which
+    HeadReader checks in one go; the verdict is the line-by-line scan's,
+    refusals and their status included.
+    """
+    assert read_head([data]) == read_head(_pieces(data, cuts)) == read_head([data[i:i + 1] for i in range(len(data))])
+
+
+@FUZZ
 @given(mutations(requests()))
 def test_what_the_proxy_forwards_is_one_head_meaning_the_same(data):
     verdict = read_head([data + b"NEXT"], limit=8192, maxLines=100)

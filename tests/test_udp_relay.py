@@ -145,6 +145,75 @@ async def test_many_clients_each_get_their_own_replies(net):
     assert sum(s.up.length for s in svc._sessions.values()) > 0
 
 
+@pytest.mark.parametrize("family", [4, 6])
+@pytest_twisted.ensureDeferred
+async def test_a_new_client_costs_one_socket_no_port_no_splice(net, family):
+    """
+    A query from a fresh port (what resolvers send): its session is one
+    socket connected to the backend; the answer leaves from the listening
+    address; no Twisted port, no splice, no log line until the session ends.
+    """
+    svc, echo = await relay(net, family, family, idle=5.0)
+    await sleep(0.05)
+    c, port = client(net, svc, family)
+    before = fds()
+    lines = []
+    globalLogPublisher.addObserver(lines.append)
+    try:
+        port.write(b"query")
+        await wait_until(lambda: c.replies, what="the answer")
+    finally:
+        globalLogPublisher.removeObserver(lines.append)
+    assert c.replies == [b"query"]
+    (session,) = svc._sessions.values()
+    assert (session.front, session.back, session.up, session.down) == (None, None, None, None)
+    assert fds() == before + 1
+    assert len(echo.sources) == 1 and svc.userland == 2 and svc.lost == 0
+    assert [e for e in lines if e.get("log_namespace", "").startswith("twisted")] == []
+    assert [e.get("log_text", e.get("log_format")) for e in lines] == []
+    # The client's port is connected to the relay's listening address: the
+    # kernel hands it nothing from any other address, so the answer left from there.
+    assert port._connectedAddr == (HOSTS[family], svc.port.getHost().port)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_new_client_of_a_wildcard_listen_is_answered_from_the_address_it_used(net):
+    """
+    Listening on 0.0.0.0, a client that sent to 127.0.0.2 is answered from
+    127.0.0.2 (IP_PKTINFO on the listening socket): the routing table alone
+    would pick 127.0.0.1, which the client's connected port would not hear.
+    """
+    svc, echo = await relay(net, listen="0.0.0.0", idle=5.0)
+    c, port = client(net, svc, host="127.0.0.2")
+    port.write(b"one")
+    await wait_until(lambda: c.replies, what="the answer")
+    (session,) = svc._sessions.values()
+    assert session.local[0] == "127.0.0.2" and session.front is None  # lean: answered by the listener
+    port.write(b"two")  # spliced from now on, from the same address
+    await wait_until(lambda: len(c.replies) == 2, what="the second answer")
+    assert c.replies == [b"one", b"two"] and session.front is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_second_datagram_splices_the_session(net):
+    """A client that sends again is spliced both ways; answers waiting in the lean socket come first, in order."""
+    svc, echo = await relay(net, idle=5.0)
+    c, port = client(net, svc)
+    port.write(payload(0, 0))
+    await wait_until(lambda: c.replies, what="the first answer")
+    (session,) = svc._sessions.values()
+    before = fds()
+    for k in range(1, 30):
+        port.write(payload(0, k))
+    await wait_until(lambda: len(c.replies) == 30, what="every answer")
+    assert c.replies == [payload(0, k) for k in range(30)]
+    assert session.up is not None and session.down is not None and session.path == "mbuf"
+    assert fds() == before + 1  # the front socket; the backend socket is the same
+    assert len(echo.sources) == 1
+    assert svc.datagramsOut == svc.datagramsIn == 30 and svc.lost == 0
+    assert session.up.length + session.down.length > 0  # the later ones went through the splices
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_burst_before_the_session_exists_is_not_lost(net):
     svc, echo = await relay(net, idle=5.0, socketBuffer=1 << 20)
@@ -240,24 +309,27 @@ async def test_idle_sessions_end_and_release_their_sockets(net):
             port.write(payload(i, 0))
         await wait_until(lambda: all(c.replies for c, _ in clients), what="replies")
         assert svc.sessions == 20
-        assert fds() == with_clients + 40  # a front and a back socket per session
+        assert fds() == with_clients + 20  # one datagram each: lean sessions, a backend socket each
         # A session kept busy outlives the idle time; the others end.
         busy = clients[0][1]
         for _ in range(8):
             busy.write(b"ping")
             await sleep(IDLE / 4)
+            if _ == 0:
+                assert fds() == with_clients + 21  # spliced now: its front socket too
         assert svc.sessions == 1
         await wait_until(lambda: svc.sessions == 0, timeout=IDLE * 4, what="the busy session to end too")
         await wait_until(lambda: fds() == with_clients, timeout=2, what="sockets closed")
     assert with_clients - base == 20
     assert len(log.events) == 20
     e = next(e for e in log.events if e["client"].endswith(":%d" % clients[1][1].getHost().port))
-    assert e["how"] == "idle" and e["path"] == "mbuf"
+    assert e["how"] == "idle" and e["path"] == "copy"  # never spliced
     assert (e["datagrams_out"], e["bytes_out"], e["datagrams_in"], e["bytes_in"]) == (1, 32, 1, 32)
     assert IDLE <= e["duration"] < IDLE * 3
     assert e["backend"] == "127.0.0.1:%d" % svc.backend[1]
     busyEvent = next(e for e in log.events if e["client"].endswith(":%d" % clients[0][1].getHost().port))
     assert busyEvent["datagrams_out"] == 9 and busyEvent["duration"] >= 8 * IDLE / 4
+    assert busyEvent["path"] == "mbuf"
     assert svc.sessionsTotal == 20 and svc.datagramsOut == 28 and svc.datagramsIn == 28
 
 
@@ -386,7 +458,7 @@ def test_a_burst_of_new_clients_is_dispatched_without_nesting(monkeypatch):
     made, forwarded = [], []
 
     class ChainedSession:
-        def __init__(self, relay, client, local, backend, reactor):
+        def __init__(self, relay, client, local, backend, reactor, lean=False):
             self.relay, self.client, self.local = relay, client, local
             made.append(client[1])
 

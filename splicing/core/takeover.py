@@ -29,7 +29,7 @@ body, chunk after chunk), so only C{doRead}/C{doWrite} change hands per
 splice.  Without owners the remaining overrides behave as Twisted's own.
 """
 
-from twisted.internet import udp
+from twisted.internet import tcp, udp
 
 _ATTR = "_splicingBorrowed"
 
@@ -63,6 +63,38 @@ def readWith(transport, reactor, read):
     what is its own, and the bytes behind stay in the socket for a splice.
     """
     borrow(transport, reactor).appRead = read
+
+
+def writeNow(transport, data):
+    """
+    Write C{data} to a socket transport with one C{send()} now, when nothing
+    is queued before it; what the socket does not take (and everything, for
+    any other transport or state) goes through C{transport.write}, so the
+    order is kept.  Twisted's C{write} only buffers: the bytes leave on the
+    next reactor turn, after one more C{epoll_wait} and two changes of the
+    descriptor's interest, which for a small message costs more than the
+    send.  Never while a splice owns the transport's write events.
+    """
+    t = transport
+    b = getattr(t, "__dict__", {}).get(_ATTR)
+    if (
+        isinstance(t, tcp.Connection)
+        and t.connected
+        and not (t.disconnecting or t._writeDisconnected or t._writeDisconnecting or getattr(t, "TLS", False))
+        and not t._tempDataLen
+        and len(t.dataBuffer) <= t.offset
+        and (b is None or b.writer is None)
+    ):
+        try:
+            sent = t.socket.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = 0  # Twisted meets the error again on its write event and loses the connection
+        if sent == len(data):
+            return
+        data = data[sent:]
+    t.write(data)
 
 
 def _dead():

@@ -24,7 +24,11 @@ from splicing.http.errors import HTTPError
 from splicing.http.head import HeadReader
 from splicing.core.result import Reason
 from splicing.relay.fallback import spliceOn
-from splicing.core.takeover import readWith
+from splicing.core.takeover import readWith, writeNow
+
+#: Messages one read event of a socket source handles at most (pipelined
+#: requests whose bodies are in hand, or none): their bytes leave in one write.
+PIPELINE = 16
 
 #: How much user land reads from the source between chunks: the framing line
 #: and a little data.  Twisted's 64 KiB reads would copy up to 64 KiB of each
@@ -68,6 +72,10 @@ class Flow:
         self.copied = 0
         self._held = []
         self._out = []  # written before the destination existed
+        self._batch = None  # written during one read event: sent together at its end
+        self._inSocket = 0  # bytes after the last head that a peek saw in the socket
+        self._peek = self._peekSocket = None  # a peek whose first _taken bytes are handed over
+        self._taken = 0
         self._feeding = False
         self._framingError = None  # raised by the splice's framer, reported at its end
         self.srcEnded = False  # the source's read side ended: never read it again
@@ -95,18 +103,39 @@ class Flow:
     def _readSource(self):
         """
         The source's read events while no splice runs.  Where a head is
-        expected the socket is peeked and exactly the head is taken, so the
-        body behind it stays in the socket for the splice: no body byte is
-        read into Python.  Returns what Twisted's C{doRead} would.
+        expected the socket is peeked and exactly the head is taken, so a
+        body behind it stays in the socket for the splice.  The peek also
+        tells how many bytes followed the head: a body that is all there
+        already is taken with it (L{_bodyInHand}), and a pipelined head
+        behind it is handled in the same event.  What the event writes
+        leaves in one C{send()}.  Returns what Twisted's C{doRead} would.
         """
         t = self._src
-        sock = t.socket
+        self._batch = []
         try:
-            if self.state == HEAD and not self._held:
+            for _ in range(PIPELINE):
+                why = self._readOnce(t)
+                if why is not None or not self._inSocket or self._src is not t or self._held:
+                    return why
+                if self.state != HEAD or self.splice is not None or self.dst is None or self.srcEnded:
+                    return None
+            return None
+        finally:
+            self.flush()
+
+    def _readOnce(self, t):
+        """
+        One read.  A head is handed over from the peek itself, and taken
+        from the socket afterwards (L{_consume}), with the body that came
+        with it if that was taken too: one C{recv} for both.
+        """
+        sock = t.socket
+        self._inSocket = 0
+        peeking = self.state == HEAD and not self._held
+        try:
+            if peeking:
                 r = self.reader  # a peek needs no more than the longest head allowed, and one byte
                 data = sock.recv(r.limit + 3 - r.buffered, socket.MSG_PEEK)
-                if data:
-                    data = sock.recv(self.reader.headLength(data))
             else:
                 data = sock.recv(t.bufferSize)
         except BlockingIOError:
@@ -115,8 +144,29 @@ class Flow:
             return main.CONNECTION_LOST
         if not data:
             return main.CONNECTION_DONE
-        t.protocol.dataReceived(data)
+        if not peeking:
+            t.protocol.dataReceived(data)
+            return None
+        size = self.reader.headLength(data)
+        self._peek, self._peekSocket, self._taken = data, sock, size
+        try:
+            t.protocol.dataReceived(data if size == len(data) else data[:size])
+        finally:
+            self._consume()
         return None
+
+    def _consume(self):
+        """Take from the socket what was handed over from the peek (before anything else reads it)."""
+        peek = self._peek
+        if peek is None:
+            return
+        n, sock = self._taken, self._peekSocket
+        self._peek = self._peekSocket = None
+        self._inSocket = len(peek) - n
+        try:
+            sock.recv(n)  # in the socket already: the peek saw it
+        except OSError:
+            self._inSocket = 0  # the connection is gone; its end is reported as it comes
 
     def dataReceived(self, data):
         """Bytes from the source's protocol (never called while spliced)."""
@@ -142,11 +192,40 @@ class Flow:
             if self._src is not None:
                 self._src.pauseProducing()
         elif self.state == LENGTH:
-            self._spliceBody(self.remaining)
+            if not self._bodyInHand():
+                self._spliceBody(self.remaining)
         elif self.state == CHUNKED:
             self._spliceBody(0, self._nextChunk)
         else:
             self._spliceBody(None)
+
+    def _bodyInHand(self):
+        """
+        A Content-Length body (or its rest) that the head's peek saw whole
+        in the socket is read and written with the head: one C{recv}, and no
+        splice set up and torn down for a few bytes already at hand.  Bodies
+        not all there yet are spliced, and never pass through Python.
+        """
+        n = self.remaining
+        peek = self._peek
+        if peek is not None:  # taken with the head, by L{_consume}
+            if not 0 < n <= len(peek) - self._taken:
+                return False
+            data = peek[self._taken:self._taken + n]
+            self._taken += n
+        else:  # after a pause (no destination yet): the peek's count still holds
+            if not 0 < n <= self._inSocket:
+                return False
+            try:
+                data = self._src.socket.recv(n)
+            except OSError:
+                data = b""
+            if not data:
+                self._inSocket = 0
+                return False  # the splice finds out what happened
+            self._inSocket -= len(data)  # what is left is the next message's
+        self._lengthData(data)
+        return True
 
     def _feed(self, data):
         while data and self.splice is None and self.state not in (WAIT, DONE):
@@ -184,8 +263,8 @@ class Flow:
         """The destination exists now: write what waited for it, go on."""
         self.dst = dst
         out, self._out = self._out, []
-        for data in out:
-            dst.write(data)
+        if out:
+            writeNow(dst, b"".join(out))
         if self.state != WAIT:
             self.resume()
 
@@ -228,6 +307,7 @@ class Flow:
         a body gets no reset before it has read its answer).
         """
         self._smallReads(False)
+        self.flush()  # complete messages before this stop still go out, first
         self.state = DONE
         self._held = []
         if self.splice is not None and self.splice.result is None:
@@ -256,8 +336,16 @@ class Flow:
             self.copied += len(data)
             if self.dst is None:
                 self._out.append(data)
+            elif self._batch is not None:
+                self._batch.append(data)
             else:
-                self.dst.write(data)
+                writeNow(self.dst, data)
+
+    def flush(self):
+        """Send what was written during this read event (before anything else goes to the destination)."""
+        batch, self._batch = self._batch, None
+        if batch:
+            writeNow(self.dst, b"".join(batch))
 
     # -- bodies
 
@@ -357,6 +445,11 @@ class Flow:
         """Splice the next C{n} body bytes (None: until EOF)."""
         if self.splice is not None or self.state == DONE:
             return
+        if self._batch:  # the head before the body, then the splice
+            writeNow(self.dst, b"".join(self._batch))
+            self._batch = []
+        self._consume()  # the head out of the socket first: the body starts behind it
+        self._inSocket = 0
         s = self.splice = spliceOn(self.src, self.dst, self.backend, max=n, framer=framer)
         s.done.addCallback(self._spliceDone)
 

@@ -31,6 +31,9 @@ _ABSOLUTE = re.compile(r"(https?)://([^/?]*)(/[^?]*)?(\?.*)?", re.I)
 _QUERY = re.compile(r"[\x21\x22\x24-\x7e]*")  # visible ASCII but "#"
 _PATH = re.compile(r"/[\x21\x22\x24-\x3e\x40-\x7e]*")  # and not "?"
 _FRAMING = (b"content-length", b"transfer-encoding")
+# The fields that decide framing, persistence and routing: L{_Head.frame}
+# collects them in one pass over the head.
+_DECISIVE = frozenset(_FRAMING + (b"connection", b"upgrade", b"host"))
 # Methods whose body relayd strips: an origin may ignore their
 # Content-Length and read the body as a second, unfiltered request ("CL.0").
 _NO_BODY = ("GET", "HEAD", "COPY", "MOVE")
@@ -47,7 +50,8 @@ def _splitHead(data, status):
     if b"\0" in data:
         _fail(status, "NUL byte in head")
     lines = data[:-4].split(b"\r\n")
-    if any(b"\n" in line or b"\r" in line for line in lines):
+    crlf = len(lines) + 1  # between the lines, and the two at the end
+    if data.count(b"\r") != crlf or data.count(b"\n") != crlf:
         _fail(status, "bare CR or LF in head")
     return lines
 
@@ -155,9 +159,27 @@ class _Head:
             self.__dict__.update(saved)
             raise ValueError(e.reason) from None
 
+    def _decisive(self):
+        """
+        The values of the fields in L{_DECISIVE}, by lowercase name, in one
+        pass (a head is framed on every request: a lookup per field each
+        scanning every line cost more than the rest of the parse).
+        """
+        found = {}
+        for name, value in self.headers:
+            key = name.lower()
+            if key in _DECISIVE:
+                values = found.get(key)
+                if values is None:
+                    found[key] = [value]
+                else:
+                    values.append(value)
+        self._fields = found
+        return found
+
     def _connectionTokens(self):
         tokens = set()
-        for value in self.getHeader(b"connection"):
+        for value in self._fields.get(b"connection", ()):
             for item in value.split(b","):
                 item = item.strip(_OWS)
                 if item and not _TOKEN.fullmatch(item):
@@ -177,7 +199,7 @@ class _Head:
         refused; identical duplicate lengths collapse to one field.
         """
         status = self._errorStatus
-        te, cl = self.getHeader(b"transfer-encoding"), self.getHeader(b"content-length")
+        te, cl = self._fields.get(b"transfer-encoding"), self._fields.get(b"content-length")
         if te and cl:
             _fail(status, "Content-Length together with Transfer-Encoding")
         if te:
@@ -240,6 +262,7 @@ class RequestHead(_Head):
 
     def frame(self):
         """Validate Host/target and recompute the framing attributes."""
+        fields = self._decisive()
         self._checkTarget()
         length, chunked = self._framing()
         if (self.isConnect or self.method == "TRACE") and (chunked or length is not None):
@@ -250,13 +273,13 @@ class RequestHead(_Head):
         self.bodyKind = "chunked" if chunked else ("length" if length else "none")
         tokens = self._connectionTokens()
         self.keepAlive = self._persistent(tokens)
-        upgrade = self.getHeader(b"upgrade")
+        upgrade = fields.get(b"upgrade")
         self.upgrade = None
         if upgrade and b"upgrade" in tokens and self.version == "HTTP/1.1":
             self.upgrade = upgrade[0].split(b",")[0].strip(_OWS).lower().decode("latin-1")
 
     def _checkTarget(self):
-        hosts = self.getHeader(b"host")
+        hosts = self._fields.get(b"host", ())
         if len(hosts) > 1:
             _fail(400, "duplicate Host")
         if not hosts and self.version == "HTTP/1.1":
@@ -337,7 +360,9 @@ class RequestHead(_Head):
         goes on as plain HTTP/1.1, as nginx and HAProxy send it.  Whether
         anything changed.
         """
-        offers = [o.strip(_OWS) for v in self.getHeader(b"upgrade") for o in v.split(b",")]
+        if b"upgrade" not in self._decisive():
+            return False
+        offers = [o.strip(_OWS) for v in self._fields[b"upgrade"] for o in v.split(b",")]
         kept = [o for o in offers if o and o.split(b"/")[0].lower() != protocol.lower()]
         if len(kept) == len([o for o in offers if o]):
             return False
@@ -382,6 +407,7 @@ class ResponseHead(_Head):
 
     def frame(self):
         """Validate and recompute the framing attributes."""
+        self._decisive()
         length, chunked = self._framing()
         status = self.status
         if (status < 200 or status == 204) and (chunked or length):
@@ -458,6 +484,25 @@ class HeadReader:
         self._start = 0  # where the head starts (after one tolerated CRLF)
         self._lines = 0
 
+    def _whole(self, data):
+        """
+        Whether C{data} is exactly one complete head that the line-by-line
+        scan would accept: what a socket reader took after a peek usually
+        is.  Checked with a few scans in C; anything else (a head in pieces,
+        bytes after it, anything the scan would refuse or tolerate) takes the
+        scan, which says exactly what is wrong.
+        """
+        n = len(data)
+        if n > self.limit or data[-4:] != b"\r\n\r\n" or data[:2] == b"\r\n":
+            return False
+        crlf = data.count(b"\r\n")
+        return (
+            data.find(b"\r\n\r\n") == n - 4
+            and data.count(b"\n") == crlf
+            and crlf - 1 <= self.maxLines
+            and b"\0" not in data
+        )
+
     def headLength(self, data):
         """
         How many bytes of C{data} (peeked, not fed yet) the current head
@@ -470,6 +515,8 @@ class HeadReader:
 
     def feed(self, data):
         """C{(head, rest)} once the empty line is seen, else C{(None, b"")}."""
+        if not self._buf and self._whole(data):
+            return bytes(data), b""
         buf = self._buf
         buf += data
         while True:

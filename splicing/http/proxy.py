@@ -22,6 +22,7 @@ from splicing.relay.balance import BalancedEndpoint, NoBackendError, connectFrom
 from splicing.relay.events import connectFailure, connectionFailure, plural
 from splicing.core.endpoint import noDelay, shutWrite
 from splicing.http.closing import Linger, isOpen, reset, writesPending
+from splicing.http.deadline import Deadline
 from splicing.http.errors import HTTPError
 from splicing.http.flow import CHUNKED, DONE, HEAD, LENGTH, UNTIL_EOF, Flow
 from splicing.http.head import errorResponse, parseRequestHead, parseResponseHead
@@ -109,8 +110,9 @@ class HTTPProxyProtocol(Protocol):
         self.ownBytes = 0  # the proxy's own error responses, for the metrics
         self.logs = []
         self.context = f.newContext(self.transport)
-        self._headTimer = f.reactor.callLater(f.headerTimeout, self._headerTimeout)
-        self._backendTimer = None
+        self._headTimer = Deadline(f.reactor, f.headerTimeout, self._headerTimeout)
+        self._headTimer.start()
+        self._backendTimer = Deadline(f.reactor, f.backendTimeout, self._backendTimeout)
         self._idleTimer = None
         self._lastMoved, self._lastMove = 0, self.started
         if f.idle:
@@ -211,9 +213,7 @@ class HTTPProxyProtocol(Protocol):
             if verdict.action == "block":
                 raise _ruleBlock(403, verdict.label or "blocked by a filter rule", f.rules.answers(verdict), verdict)
         self.filterRequest(head)
-        if self._headTimer is not None and self._headTimer.active():
-            self._headTimer.cancel()
-        self._headTimer = None
+        self._headTimer.stop()
         self.count += 1
         f.report("httpRequest")
         self.pending.append(head)
@@ -260,8 +260,8 @@ class HTTPProxyProtocol(Protocol):
         self.responses.startBody(response.bodyKind, response.contentLength)
 
     def _armBackendTimer(self):
-        if self._backendTimer is None:
-            self._backendTimer = self.factory.reactor.callLater(self.factory.backendTimeout, self._backendTimeout)
+        if not self._backendTimer.armed:
+            self._backendTimer.start()
 
     def bodyDone(self, flow):
         if flow is self.requests:
@@ -281,8 +281,8 @@ class HTTPProxyProtocol(Protocol):
             self._armBackendTimer()
         elif not self.pending and self.requests.state == DONE:
             self.close("done")
-        elif not self.pending and self._headTimer is None:
-            self._headTimer = self.factory.reactor.callLater(self.factory.headerTimeout, self._headerTimeout)
+        elif not self.pending and not self._headTimer.armed:
+            self._headTimer.start()
 
     def sourceEnded(self, flow):
         if flow is self.requests and flow.state in (LENGTH, CHUNKED):
@@ -389,7 +389,6 @@ class HTTPProxyProtocol(Protocol):
     # -- timers
 
     def _headerTimeout(self):
-        self._headTimer = None
         if self.pending:
             return
         if self.requests.reader.buffered:
@@ -398,7 +397,6 @@ class HTTPProxyProtocol(Protocol):
             self.close("idle")
 
     def _backendTimeout(self):
-        self._backendTimer = None
         if self.pending:
             self._sendError(HTTPError(504, "the backend did not answer in time"))
 
@@ -457,15 +455,11 @@ class HTTPProxyProtocol(Protocol):
             min(f.idle / 4.0, self._lastMove + f.idle - now), self._idleCheck)
 
     def _cancelBackendTimer(self):
-        if self._backendTimer is not None and self._backendTimer.active():
-            self._backendTimer.cancel()
-        self._backendTimer = None
+        self._backendTimer.stop()
 
     def _cancelTimers(self):
-        if self._headTimer is not None and self._headTimer.active():
-            self._headTimer.cancel()
-        self._headTimer = None
-        self._cancelBackendTimer()
+        self._headTimer.cancel()
+        self._backendTimer.cancel()
         if self._idleTimer is not None and self._idleTimer.active():
             self._idleTimer.cancel()
         self._idleTimer = None

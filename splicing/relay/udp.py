@@ -16,6 +16,7 @@ C{\\:}):
 """
 
 import collections
+import ipaddress
 import socket
 
 from twisted.application import service
@@ -135,9 +136,13 @@ class _ListenPort(ReusePort):
             s.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
         return s
 
+    _bound = None  # the bound address, asked once (not a getsockname() per read event)
+
     def doRead(self):
         relay = self.protocol.relay
-        bound = self.socket.getsockname()
+        bound = self._bound
+        if bound is None:
+            bound = self._bound = self.socket.getsockname()
         for _ in range(self.maxThroughput // 64):  # bounded: fair to other sockets
             try:
                 data, anc, _, addr = self.socket.recvmsg(65536, 256)
@@ -200,6 +205,8 @@ class UDPRelayService(service.Service):
         self._sessions = {}
         self._queue = collections.deque()  # datagrams to dispatch (see dispatch)
         self._dispatching = False
+        self.lean = False  # whether new sessions start lean (decided by startService)
+        self.wildcard = False  # listening on 0.0.0.0 or ::
         self.sessionsTotal = 0
         self.dropped = 0
         self.lost = 0
@@ -227,6 +234,10 @@ class UDPRelayService(service.Service):
             host = info[0][4][0]
         self.backend = (host, port)
         interface, lport = self.listenAt
+        # New sessions start lean (see udpsession); from a wildcard listen
+        # their answers name their source address (IP_PKTINFO).
+        self.wildcard = ipaddress.ip_address(interface).is_unspecified
+        self.lean = bool(getattr(socket, "CMSG_LEN", None)) or not self.wildcard
         p = _ListenPort(lport, _Listener(self), interface, 65536, self.reactor)
         if self.inheritedSocket is not None:
             p._preexistingSocket = self.inheritedSocket  # Twisted's adopt path: no bind
@@ -288,7 +299,7 @@ class UDPRelayService(service.Service):
                 self.dropped += 1
                 return
             try:
-                session = Session(self, client, local, self.backend, self.reactor)
+                session = Session(self, client, local, self.backend, self.reactor, lean=self.lean)
             except OSError as e:
                 self.lost += 1
                 self.log.warn("UDP relay: no session for {client}: {error}", client="%s:%d" % key, error=e)

@@ -15,6 +15,15 @@ C{front -> back} and C{back -> front} are then splices (the mbuf path:
 batches of whole datagrams).  What does not arrive through them (the
 datagrams the listening socket read before this session existed, and any
 the kernel still gives it) is forwarded here in user land, never dropped.
+
+A session starts lean: its first datagram leaves on a plain socket
+connected to the backend (C{socket}, C{connect}, C{send}: nothing else
+first), and the backend's answers go back through the listening socket
+(C{sendto} the client; from a wildcard listen, with C{IP_PKTINFO} /
+C{IPV6_PKTINFO} naming the address the client sent to).  No Twisted port, no
+front socket, no splice: a DNS query from a fresh port costs little more
+than one on a running session.  The client's second datagram makes the
+session a spliced one, as above (L{Session._promote}).
 """
 
 import errno
@@ -130,6 +139,51 @@ class _Back(protocol.DatagramProtocol):
         self.session.end("error", errno.ECONNREFUSED)
 
 
+class _Lean:
+    """The backend socket of a lean session: a selectable of its own, no Twisted port."""
+
+    def __init__(self, session, sock):
+        self.session = session
+        self.socket = sock
+
+    def fileno(self):
+        return self.socket.fileno()
+
+    def logPrefix(self):
+        return "udp-session"
+
+    def doRead(self):
+        self.session._leanReplies()
+
+    def connectionLost(self, reason):
+        """The reactor saw an error on the socket (ECONNREFUSED: the backend's port is closed)."""
+        try:
+            error = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError as e:
+            error = e.errno
+        self.session.end("error", error)
+
+
+def _family(host):
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+_IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+_IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+
+
+def sourceAncillary(listenFamily, local):
+    """
+    The ancillary data that makes a datagram sent from a wildcard listening
+    socket leave from C{local} (the address the client sent to):
+    C{IP_PKTINFO}, or C{IPV6_PKTINFO} on an IPv6 socket (Linux takes a
+    v4-mapped address there for an IPv4 client of a dual-stack socket).
+    """
+    if listenFamily == socket.AF_INET6:
+        return [(socket.IPPROTO_IPV6, _IPV6_PKTINFO, socket.inet_pton(socket.AF_INET6, local) + b"\0" * 4)]
+    return [(socket.IPPROTO_IP, _IP_PKTINFO, b"\0" * 4 + socket.inet_aton(local) + b"\0" * 4)]
+
+
 class Session:
     """
     A client's session.  Counters: datagrams and bytes each way, spliced or
@@ -139,7 +193,10 @@ class Session:
 
     log = Logger()
 
-    def __init__(self, relay, client, local, backend, reactor):
+    #: Datagrams from the backend a lean session answers per read event (fair to other sockets).
+    LEAN_BATCH = 64
+
+    def __init__(self, relay, client, local, backend, reactor, lean=False):
         self.relay = relay
         self.client = client
         self.clientKey = tuple(client[:2])
@@ -156,12 +213,32 @@ class Session:
         self._lastTotal = -1
         self._timer = None
         self.front = self.back = None
+        self._lean = None
+        if lean:
+            nonblocking = getattr(socket, "SOCK_NONBLOCK", 0)  # no fcntl() after socket()
+            sock = socket.socket(_family(backend[0]), socket.SOCK_DGRAM | nonblocking)
+            try:
+                if not nonblocking:
+                    sock.setblocking(False)
+                sock.connect(backend)
+            except BaseException:
+                sock.close()
+                raise
+            self._lean = _Lean(self, sock)
+            return
+        self._openPorts()
+
+    def _openPorts(self, backSocket=None):
+        """The front socket, connected to the client, and the back one as Twisted ports (see the module)."""
+        relay, local, backend, reactor = self.relay, self.local, self.backend, self.reactor
         try:
             self.front = ReusePort(local[1], _Front(self), local[0], 65536, reactor)
             self.front.socketBuffer = relay.socketBuffer
             self.front.startListening()
             self.front.connect(*self.clientKey)
             self.back = QuietPort(0, _Back(self), wildcard(backend[0]), 65536, reactor)
+            if backSocket is not None:
+                self.back._preexistingSocket = backSocket  # the lean session's: adopted, not bound again
             self.back.startListening()
             setBuffers(self.back.socket, relay.socketBuffer)
             self.back.connect(*backend)
@@ -172,6 +249,34 @@ class Session:
     # -- running
 
     def start(self):
+        """
+        After the first datagram went out: a lean session starts reading its
+        backend's answers (and sets the socket's buffers); a spliced one is
+        spliced (L{_splice}).  The idle timer runs either way.
+        """
+        if self._lean is not None:
+            setBuffers(self._lean.socket, self.relay.socketBuffer)
+            self.reactor.addReader(self._lean)
+        else:
+            self._splice()
+        if not self.ended:
+            self._arm()
+
+    def _promote(self):
+        """
+        The client sent again: it talks to the backend, splice it.  The lean
+        socket becomes the back port (answers already in it go through the
+        splice, in order), a front socket connected to the client is made.
+        """
+        lean, self._lean = self._lean, None
+        self.reactor.removeReader(lean)
+        try:
+            self._openPorts(lean.socket)
+        except OSError as e:
+            lean.socket.close()
+            self.end("error", e.errno)
+
+    def _splice(self):
         """
         Read what reached the front socket before it was connected (other
         clients' datagrams may be among them), then splice both ways.  The
@@ -186,7 +291,6 @@ class Session:
         self.down = splice(self.back, self.front, reactor=self.reactor)
         for s in (self.up, self.down):
             s.done.addCallback(self._spliceEnded)
-        self._arm()
 
     def _drainFront(self):
         sock = self.front.socket
@@ -201,21 +305,57 @@ class Session:
 
     def forward(self, data):
         """A datagram of this client that did not come through the splice."""
-        if self._send(self.back, data):
+        if self.ended:
+            self.relay.lost += 1
+            return
+        promoted = False
+        if self._lean is not None and self._userOut[0]:
+            self._promote()  # a second datagram
+            if self.ended:
+                self.relay.lost += 1
+                return
+            promoted = True
+        if self._send(self._lean.socket if self._lean is not None else self.back.socket, data):
             self._userOut[0] += 1
             self._userOut[1] += len(data)
+        if promoted and not self.ended:
+            self._splice()
 
     def reply(self, data):
-        if self._send(self.front, data):
+        if self._send(self.front.socket, data):
             self._userIn[0] += 1
             self._userIn[1] += len(data)
 
-    def _send(self, port, data):
+    def _leanReplies(self):
+        """The backend's answers to a lean session, sent to the client from the listening socket."""
+        sock, listener = self._lean.socket, self.relay.port.socket
+        ancillary = None
+        if self.relay.wildcard:
+            ancillary = sourceAncillary(listener.family, self.local[0])
+        for _ in range(self.LEAN_BATCH):
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                return self.end("error", e.errno)
+            try:
+                if ancillary is None:
+                    listener.sendto(data, self.client)
+                else:
+                    listener.sendmsg([data], ancillary, 0, self.client)
+            except OSError:
+                self.relay.lost += 1  # a full socket drops a datagram, as UDP does
+                continue
+            self._userIn[0] += 1
+            self._userIn[1] += len(data)
+
+    def _send(self, sock, data):
         if self.ended:
             self.relay.lost += 1
             return False
         try:
-            port.socket.send(data)
+            sock.send(data)
             return True
         except BlockingIOError:
             self.relay.lost += 1  # a full socket drops a datagram, as UDP does
@@ -287,7 +427,12 @@ class Session:
         """This running session for a status page: client, backend, bytes each way so far, age, path."""
         return {"client": formatAddress(self.clientKey), "backend": formatAddress(self.backend),
                 "bytes_out": self.bytesOut, "bytes_in": self.bytesIn, "age": time.monotonic() - self.started,
-                "path": self.up.backend if self.up is not None else None}
+                "path": self.path}
+
+    @property
+    def path(self):
+        """The splices' path, or "copy" for a session that never was spliced (a lean one)."""
+        return self.up.backend if self.up is not None else "copy"
 
     # -- the end
 
@@ -316,13 +461,17 @@ class Session:
             bytes_in=self.bytesIn,
             userland=self.userland,
             duration=time.monotonic() - self.started,
-            path=self.up.backend if self.up is not None else None,
+            path=self.path,
             how=self.how,
             error=error,
         )
         self.relay.sessionEnded(self)
 
     def _close(self):
+        lean, self._lean = self._lean, None
+        if lean is not None:
+            self.reactor.removeReader(lean)
+            lean.socket.close()
         for port in (self.front, self.back):
             if port is not None and port.connected:
                 port.stopListening()
