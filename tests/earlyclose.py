@@ -84,7 +84,8 @@ def origin(tls=None):
 
     Paths: ``/small`` (5 bytes), ``/big`` (4 MiB), ``/close`` (a
     close-delimited body), ``/cut`` (Content-Length 1 MiB, 64 KiB sent, then
-    closed), ``/origin-before-answer-{fin,rst}`` (closed on reading the
+    closed), ``/trickle`` (Content-Length 4 MiB, 64 KiB sent, then 4 KiB
+each 20 ms), ``/origin-before-answer-{fin,rst}`` (closed on reading the
     head), ``/origin-mid-response-{fin,rst}`` (a 4 MiB body cut after 64
     KiB).  A request body (Content-Length) is read whole first.
     """
@@ -121,6 +122,12 @@ def origin(tls=None):
                     return
                 elif target == "/cut":
                     _answer(sock, "200 OK", big[:65536], MiB)
+                    return
+                elif target == "/trickle":
+                    _answer(sock, "200 OK", big[:65536], len(big))
+                    for at in range(65536, len(big), 4096):  # 4 KiB each 20 ms: the rest would take 20 s
+                        time.sleep(0.02)
+                        sock.sendall(big[at:at + 4096])
                     return
                 elif target.startswith("/origin-before-answer-"):
                     if target.endswith("rst"):
