@@ -23,7 +23,7 @@ from twisted.protocols.haproxy._v2parser import V2Parser
 import procs
 from procs import Backend, connect, recv_all, payload, sha256
 
-SESSION = r"session ended: (\S+) -> (\S+): (\d+) bytes out, (\d+) bytes in, ([\d.]+)s, (\w+), ([\w-]+)"
+SESSION = r"session ended: (\S+) -> (\S+): (\d+) bytes? out, (\d+) bytes? in, ([\d.]+)s, (\w+), ([\w-]+)"
 
 
 def sessions_of(relay, client):

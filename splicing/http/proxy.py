@@ -16,8 +16,10 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from splicing.relay import proxyheader
 from splicing.relay.access import AllowList, formatAddress
 from splicing.relay.balance import BalancedEndpoint, NoBackendError, connectFrom
+from splicing.relay.events import connectFailure, connectionFailure, plural
 from splicing.core.endpoint import noDelay, shutWrite
 from splicing.http.closing import Linger, isOpen, reset, writesPending
 from splicing.http.errors import HTTPError
@@ -28,10 +30,13 @@ from splicing.relay.report import Reporter
 from splicing.relay.sessions import SessionTable
 
 
-def _ruleBlock(status, label, answer):
+def _ruleBlock(status, label, verdict, answer):
     """A block by the rules; without C{answer} the connection just closes (relayd without C{return error})."""
     e = HTTPError(status, label)
     e.silent = not answer
+    rule = verdict.rule
+    where = " %s:%s" % (rule.filename, rule.line) if rule is not None else ""
+    e.why = "blocked by the rule%s (%s)" % (where, label)
     return e
 
 
@@ -60,7 +65,12 @@ class _BackendProtocol(Protocol):
 
     def connectionLost(self, reason):
         if self.proxy is not None:
-            self.proxy.backendEnded()
+            self.proxy.backendEnded(connectionFailure(reason, self.transport))
+
+
+class _BackendFactory(Factory):
+    protocol = _BackendProtocol
+    noisy = False  # no "Starting factory"/"Stopping factory" per backend connection
 
 
 @implementer(IHalfCloseableProtocol)
@@ -68,11 +78,13 @@ class HTTPProxyProtocol(Protocol):
     """One client connection through the proxy."""
 
     log = Logger()
+    why = None  # why the session failed, in words (the log event's "why")
 
     def connectionMade(self):
         self.ended = False
         self.backend = None
         self.linger = Linger(self.factory.reactor, self.factory.idle)
+        proxyheader.whenHeaderRejected(self.transport, lambda why: self.factory.rejected(self, why))
         self.transport.pauseProducing()
         self.factory.admit(self)
 
@@ -116,8 +128,10 @@ class HTTPProxyProtocol(Protocol):
 
     def sessionEnded(self, stats):
         self.log.info(
-            "http session ended: {client} -> {backend}: {requests} requests, {bytes_out} bytes out, "
-            "{bytes_in} bytes in, {spliced} bytes spliced, {copied} bytes copied, {how}",
+            "http session ended: {client} {requests_text}, {bytes_out} bytes out, "
+            "{bytes_in} bytes in, {spliced} bytes spliced, {copied} bytes copied, {how}"
+            + (": {why}" if stats.get("why") else ""),
+            requests_text=plural(stats["requests"], "request"),
             **stats,
         )
 
@@ -188,7 +202,7 @@ class HTTPProxyProtocol(Protocol):
         if verdict is not None:
             self.logs.extend(verdict.logs)
             if verdict.action == "block":
-                raise _ruleBlock(403, verdict.label or "blocked by a filter rule", f.rules.answers(verdict))
+                raise _ruleBlock(403, verdict.label or "blocked by a filter rule", verdict, f.rules.answers(verdict))
         self.filterRequest(head)
         if self._headTimer is not None and self._headTimer.active():
             self._headTimer.cancel()
@@ -217,7 +231,7 @@ class HTTPProxyProtocol(Protocol):
         if verdict is not None:
             self.logs.extend(verdict.logs)
             if verdict.action == "block":
-                raise _ruleBlock(502, verdict.label or "response blocked by a filter rule",
+                raise _ruleBlock(502, verdict.label or "response blocked by a filter rule", verdict,
                                  self.factory.rules.answers(verdict))
         self.filterResponse(request, response)
         self._cancelBackendTimer()
@@ -321,7 +335,7 @@ class HTTPProxyProtocol(Protocol):
     def _connect(self, head, group):
         self.connecting = True
         endpoint = self.chooseEndpoint(head, group)
-        d = connectFrom(endpoint, Factory.forProtocol(_BackendProtocol), self.transport.getPeer())
+        d = connectFrom(endpoint, _BackendFactory(), self.transport.getPeer())
         d.addCallbacks(self._backendConnected, self._backendFailed, errbackArgs=(endpoint,))
 
     def _backendConnected(self, backend):
@@ -341,7 +355,7 @@ class HTTPProxyProtocol(Protocol):
 
     def _backendFailed(self, reason, endpoint):
         self.connecting = False
-        self.log.warn("backend connect failed: {error}", error=reason.getErrorMessage())
+        self.why = "backend connect failed: " + connectFailure(reason)
         if not isinstance(endpoint, BalancedEndpoint):  # a balancer counted each target it tried
             self.factory.report("connectFailed", getattr(endpoint, "description", repr(endpoint)))
         if reason.check(NoBackendError):
@@ -351,14 +365,17 @@ class HTTPProxyProtocol(Protocol):
         self._sendError(HTTPError(502, "the backend is unreachable"))
 
     def backendInvalid(self, error):
-        self.log.warn("invalid response from the backend: {reason}", reason=error.reason)
         self._sendError(HTTPError(502, "invalid response from the backend: %s" % (error.reason,)))
 
-    def backendEnded(self):
+    def backendEnded(self, tlsFailed=None):
+        """The backend closed (C{tlsFailed}: why its TLS failed, in words, if it did)."""
         if self.ended:
             return
+        if tlsFailed is not None:
+            self.why = "backend TLS failed: " + tlsFailed
         if self.pending and self.responses.state == HEAD:
-            self._sendError(HTTPError(502, "the backend closed the connection"))
+            self._sendError(HTTPError(502, "TLS with the backend failed" if tlsFailed else
+                                      "the backend closed the connection"))
         else:
             self.close("backend-closed")
 
@@ -467,6 +484,8 @@ class HTTPProxyProtocol(Protocol):
         if self.ended:
             return
         self.logs.append("%d %s" % (error.status, error.reason))
+        if self.why is None:
+            self.why = getattr(error, "why", None) or error.reason
         if not getattr(error, "silent", False):
             response = errorResponse(error.status, error.reason, close=True)
             self.ownBytes += len(response)
@@ -532,6 +551,7 @@ class HTTPProxyProtocol(Protocol):
             "duration": self.factory.reactor.seconds() - self.started,
             "logs": list(self.logs),
             "how": how,
+            "why": self.why,
         }
 
 
@@ -554,6 +574,7 @@ class HTTPProxyFactory(Factory):
     protocol = HTTPProxyProtocol
     log = Logger()
     kind = "http"
+    noisy = False  # no "Starting factory" lines: the relay logs its own start
 
     def __init__(
         self,
@@ -609,6 +630,13 @@ class HTTPProxyFactory(Factory):
     def _targetFailed(self, target, failure):
         """A balancer's attempt failed (it may go on with the next target): counted per target, as TCP's."""
         self.report("connectFailed", target.name)
+
+    def rejected(self, protocol, why):
+        """A C{haproxy:} listener dropped C{protocol}'s client: no valid PROXY header."""
+        protocol.why = why
+        self.log.warn("dropped {client}: {why}", client=formatAddress(protocol.transport.getPeer()), why=why,
+                      relay=self.name)
+        self.report("refused", "proxy-header")
 
     def admit(self, protocol):
         """Start C{protocol}'s session now or when a slot frees; refuse disallowed clients."""

@@ -4,7 +4,8 @@ PROXY protocol headers (HAProxy's doc/proxy-protocol.txt, versions 1 and 2).
 Twisted can receive them (C{haproxy:} endpoints) but not send them: L{encode}
 is the sending half, so a backend learns the real client address.
 L{whenHeaderRead} lets a relay wait for a received header before it pauses
-the client.
+the client, and tells it why when Twisted's wrapper drops a client whose
+header is missing or invalid (the wrapper itself closes without a word).
 """
 
 import ipaddress
@@ -86,31 +87,68 @@ def encode(version, source, destination):
     raise ValueError("PROXY protocol version must be v1 or v2, not %r" % (version,))
 
 
-def whenHeaderRead(transport, proceed, halfClose):
+def _isProxyWrapper(transport):
+    return HAProxyProtocolWrapper is not None and isinstance(transport, HAProxyProtocolWrapper)
+
+
+def whenHeaderRead(transport, proceed, halfClose, rejected=None):
     """
     C{haproxy:} listeners connect the protocol before the PROXY header is
     read, and pausing then would never read it.  Call C{proceed} once the
-    header is parsed (at once when there is none to wait for).  Also let the
-    wrapper relay half-close to C{halfClose} (it has no such methods).
+    header is parsed (at once when there is none to wait for), or
+    C{rejected(why)} when the wrapper drops the client for want of a valid
+    header.  Also let the wrapper relay half-close to C{halfClose} (it has
+    no such methods).
     """
-    if HAProxyProtocolWrapper is None or not isinstance(transport, HAProxyProtocolWrapper):
+    if not _isProxyWrapper(transport):
         proceed()
         return
     alsoProvides(transport, IHalfCloseableProtocol)
     transport.readConnectionLost = halfClose.readConnectionLost
     transport.writeConnectionLost = halfClose.writeConnectionLost
+    _watch(transport, proceed, rejected)
+
+
+def whenHeaderRejected(transport, rejected):
+    """Call C{rejected(why)} if a C{haproxy:} listener's wrapper drops this client's header."""
+    if _isProxyWrapper(transport):
+        _watch(transport, lambda: None, rejected)
+
+
+def _watch(transport, proceed, rejected):
     if transport._proxyInfo is not None:
         proceed()
         return
     original = transport.dataReceived
+    first = []  # the client's first bytes, to say what came instead of a header
 
     def dataReceived(data):
+        if not first:
+            first.append(data[:24])
         original(data)
-        if transport._proxyInfo is not None and transport.dataReceived is dataReceived:
+        if transport.dataReceived is not dataReceived:
+            return
+        if transport._proxyInfo is not None:
             transport.dataReceived = original
             proceed()
+        elif transport.disconnecting:  # the wrapper gave up on this client
+            transport.dataReceived = original
+            if rejected is not None:
+                rejected(headerProblem(first[0]))
 
     transport.dataReceived = dataReceived
 
 
-__all__ = ["whenHeaderRead", "encode", "v1", "v2", "VERSIONS", "V2_SIGNATURE"]
+def headerProblem(first):
+    """
+    Why a connection starting with C{first} carries no usable PROXY header,
+    in words: missing (what came instead) or invalid.
+    """
+    for name, signature in (("v1", b"PROXY "), ("v2", V2_SIGNATURE)):
+        n = min(len(first), len(signature))
+        if n and first[:n] == signature[:n]:
+            return "invalid PROXY %s header (first bytes %r)" % (name, first)
+    return "PROXY header missing (first bytes %r)" % (first,)
+
+
+__all__ = ["whenHeaderRead", "whenHeaderRejected", "headerProblem", "encode", "v1", "v2", "VERSIONS", "V2_SIGNATURE"]

@@ -21,6 +21,7 @@ from splicing.relay import proxyheader
 from splicing.relay.accepting import exhaustionErrno
 from splicing.relay.access import AllowList, formatAddress
 from splicing.relay.balance import Balancer, NoBackendError, Target
+from splicing.relay.events import connectFailure, connectionFailure, plural
 from splicing.relay.fallback import CopyDirection, spliceOrCopy
 from splicing.core.endpoint import noDelay, shutWrite
 from splicing.core.errors import SpliceError
@@ -75,6 +76,11 @@ class RelayProtocol(Protocol):
     backend = None
     target = None
     ended = False
+    #: Why the session failed, in words (the log event's C{why}), and the
+    #: ending that says so in place of the one seen last (a TLS failure
+    #: ends a direction with what looks like EOF).
+    _why = None
+    _failed = None
     _begun = False
     _connectUntil = 0.0
 
@@ -86,7 +92,7 @@ class RelayProtocol(Protocol):
         self._error = 0
         self._timers = {}
         self._phase = "proxy-header"
-        proxyheader.whenHeaderRead(self.transport, self._accepted, self)
+        proxyheader.whenHeaderRead(self.transport, self._accepted, self, self._headerRejected)
 
     # -- hooks
 
@@ -102,6 +108,9 @@ class RelayProtocol(Protocol):
         """Called once per session with its statistics (the log event's fields)."""
 
     # -- the session, in order
+
+    def _headerRejected(self, why):
+        self.factory.rejected(self, why)
 
     def _accepted(self):
         self.transport.pauseProducing()
@@ -166,11 +175,7 @@ class RelayProtocol(Protocol):
             guard.exhausted("connect", error)
             self._later("connect", guard.delay, self._connect, endpoint)
             return
-        self.log.warn(
-            "no backend for {client}: {error}",
-            client=formatAddress(self.transport.getPeer()),
-            error=reason.getErrorMessage(),
-        )
+        self._why = connectFailure(reason, self.factory.balancer.timeout)
         if reason.check(NoBackendError):
             self.factory._observe("refused", "backends-down")
             self._close("backends-down")  # at once: no client waits for a backend known dead
@@ -313,7 +318,7 @@ class RelayProtocol(Protocol):
         for s in self.splices.values():
             if isinstance(s, CopyDirection):
                 s.unsplice()  # unregister its producer, or closing would wait for it
-        stats = self.statistics(how)
+        stats = self.statistics(self._failed or how)
         self.factory.sessionFinished(self, stats)
         self.sessionEnded(stats)
 
@@ -332,6 +337,7 @@ class RelayProtocol(Protocol):
             "duration": self.factory.reactor.seconds() - self.started,
             "path": anySplice.backend if anySplice else None,
             "how": how,
+            "why": self._why,
             "error": self._error,
         }
 
@@ -360,6 +366,9 @@ class RelayProtocol(Protocol):
         pass
 
     def backendLost(self, reason):
+        why = connectionFailure(reason, self.backend.transport if self.backend is not None else None)
+        if why is not None and not self.ended:
+            self._why, self._failed = why, "tls-error"  # said at the end, whichever way it comes
         if not self.ended and self._bothDone():
             self._close("eof")
         elif not self.ended and not self.splices:
@@ -409,6 +418,7 @@ class RelayFactory(Factory):
     protocol = RelayProtocol
     log = Logger()
     kind = "tcp"
+    noisy = False  # no "Starting factory" lines: the relay logs its own start
 
     def __init__(self, endpoints, backendPath="auto", idle=600.0, reactor=None, halfCloseTimeout=0.0,
                  sendProxy=None, allow=(), maxSessions=0, connectTimeout=10.0, name="tcp", metrics=None):
@@ -449,6 +459,12 @@ class RelayFactory(Factory):
         """The L{splicing.relay.balance.Target}s, with their state (for status pages and metrics)."""
         return list(self.balancer.targets)
 
+    def rejected(self, protocol, why):
+        """A C{haproxy:} listener dropped C{protocol}'s client: no valid PROXY header."""
+        self.log.warn("dropped {client}: {why}", client=formatAddress(protocol.transport.getPeer()), why=why,
+                      relay=self.name)
+        self._observe("refused", "proxy-header")
+
     def connectBackend(self, factory, endpoint=None, client=None):
         """A Deferred (protocol, target): C{endpoint}, or the targets' choice for C{client}."""
         if endpoint is None:
@@ -457,14 +473,16 @@ class RelayFactory(Factory):
         return Balancer([target], self.reactor, self.balancer.timeout, onFailure=self._connectFailed).connect(factory)
 
     def _connectFailed(self, target, failure):
-        self.log.warn("backend {target} failed: {error}", target=target.name, error=failure.getErrorMessage(),
-                      relay=self.name)
+        self.log.warn("backend {target} failed: {error}", target=target.name,
+                      error=connectFailure(failure, self.balancer.timeout), relay=self.name)
         self._observe("connectFailed", target.name)
 
     def sessionFinished(self, protocol, stats):
         self.log.info(
-            "session ended: {client} -> {backend}: {bytes_out} bytes out, {bytes_in} bytes in, "
-            "{duration:.3f}s, {path}, {how}",
+            "session ended: {client} -> {backend}: {bytes_out_text} out, {bytes_in_text} in, "
+            "{duration:.3f}s, {path}, {how}" + (": {why}" if stats["why"] else ""),
+            bytes_out_text=plural(stats["bytes_out"], "byte"),
+            bytes_in_text=plural(stats["bytes_in"], "byte"),
             **stats,
         )
         self._observe("sessionEnded", stats)

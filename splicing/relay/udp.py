@@ -23,6 +23,7 @@ from twisted.internet import abstract, defer, protocol
 from twisted.logger import Logger
 
 from splicing.relay.balance import Target
+from splicing.relay.events import plural
 from splicing.relay.report import Reporter
 from splicing.relay.udpsession import ReusePort, Session, formatAddress
 
@@ -157,6 +158,8 @@ class _ListenPort(ReusePort):
 
 
 class _Listener(protocol.DatagramProtocol):
+    noisy = False  # the relay logs its own start
+
     def __init__(self, relay):
         self.relay = relay
 
@@ -231,9 +234,10 @@ class UDPRelayService(service.Service):
         p.startListening()
         self.port = p
         service.Service.startService(self)
+        self.listening = formatAddress((interface, p.getHost().port))
         self.log.info(
             "UDP relay on {listen} to {backend} (idle {idle} s, at most {maxSessions} sessions)",
-            listen="%s:%d" % (interface, p.getHost().port),
+            listen=self.listening, relay=self.report.relay,
             backend="%s:%d" % self.backend,
             idle=self.idle,
             maxSessions=self.maxSessions,
@@ -241,9 +245,15 @@ class UDPRelayService(service.Service):
 
     def stopService(self):
         service.Service.stopService(self)
+        running = len(self._sessions)
         for session in list(self._sessions.values()):
             session.end("shutdown")
         port, self.port = self.port, None
+        if port is not None:
+            self.log.info("UDP relay on {listen} stopped ({ended} ended at shutdown, {total} in all)",
+                          listen=self.listening, relay=self.report.relay,
+                          ended=plural(running, "session"), total=plural(self.sessionsTotal, "session"),
+                          sessions=running, sessionsTotal=self.sessionsTotal)
         return defer.maybeDeferred(port.stopListening) if port is not None else None
 
     # -- datagrams from clients

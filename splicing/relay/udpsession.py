@@ -21,22 +21,58 @@ import errno
 import socket
 import time
 
-from twisted.internet import protocol, udp
+from twisted.internet import base, error, protocol, udp
 from twisted.logger import Logger
 
 from splicing.core.splice import splice
+from splicing.relay.events import plural
 
 #: Datagrams read from a new front socket before splicing it (see L{Session.start}).
 SETUP_DRAIN = 64
 
 
-class ReusePort(udp.Port):
+class QuietPort(udp.Port):
+    """
+    A UDP port that starts and stops without a word.  Twisted's logs
+    C{"... starting on PORT"} and C{"(UDP Port PORT Closed)"} for every
+    port, with no C{noisy} switch: two sockets per client made four lines
+    of each session.  These two methods are C{udp.Port}'s without them.
+    """
+
+    def _bindSocket(self):
+        if self._preexistingSocket is None:
+            try:
+                skt = self.createInternetSocket()
+                skt.bind((self.interface, self.port))
+            except OSError as le:
+                raise error.CannotListenError(self.interface, self.port, le)
+        else:
+            skt, self._preexistingSocket = self._preexistingSocket, None
+        self._realPortNumber = skt.getsockname()[1]
+        self.connected = 1
+        self.socket = skt
+        self.fileno = skt.fileno
+
+    def connectionLost(self, reason=None):
+        self._realPortNumber = None
+        self.maxThroughput = -1
+        base.BasePort.connectionLost(self, reason)
+        self.protocol.doStop()
+        self.socket.close()
+        del self.socket
+        del self.fileno
+        if hasattr(self, "d"):  # stopListening's Deferred
+            self.d.callback(None)
+            del self.d
+
+
+class ReusePort(QuietPort):
     """A UDP port that may share its address: C{SO_REUSEADDR} before bind."""
 
     socketBuffer = None
 
     def createInternetSocket(self):
-        s = udp.Port.createInternetSocket(self)
+        s = QuietPort.createInternetSocket(self)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         setBuffers(s, self.socketBuffer)
         return s
@@ -64,6 +100,8 @@ def wildcard(host):
 class _Front(protocol.DatagramProtocol):
     """The front socket's own reads (before the splice, and after one)."""
 
+    noisy = False  # no "Starting protocol" per session
+
     def __init__(self, session):
         self.session = session
 
@@ -81,6 +119,7 @@ class _Front(protocol.DatagramProtocol):
 
 
 class _Back(protocol.DatagramProtocol):
+    noisy = False
     def __init__(self, session):
         self.session = session
 
@@ -122,7 +161,8 @@ class Session:
             self.front.socketBuffer = relay.socketBuffer
             self.front.startListening()
             self.front.connect(*self.clientKey)
-            self.back = reactor.listenUDP(0, _Back(self), wildcard(backend[0]), 65536)
+            self.back = QuietPort(0, _Back(self), wildcard(backend[0]), 65536, reactor)
+            self.back.startListening()
             setBuffers(self.back.socket, relay.socketBuffer)
             self.back.connect(*backend)
         except BaseException:
@@ -265,8 +305,9 @@ class Session:
                 s.unsplice()
         self._close()
         self.log.info(
-            "udp session ended: {client} -> {backend}: {datagrams_out} datagrams / {bytes_out} bytes out, "
-            "{datagrams_in} / {bytes_in} in, {duration:.3f}s, {path}, {how}",
+            "udp session ended: {client} -> {backend}: {out} out, {in_} in, {duration:.3f}s, {path}, {how}",
+            out="%s / %s" % (plural(self.datagramsOut, "datagram"), plural(self.bytesOut, "byte")),
+            in_="%s / %s" % (plural(self.datagramsIn, "datagram"), plural(self.bytesIn, "byte")),
             client=formatAddress(self.clientKey),
             backend=formatAddress(self.backend),
             datagrams_out=self.datagramsOut,
