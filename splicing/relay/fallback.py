@@ -48,6 +48,7 @@ class CopyDirection:
     """
 
     backend = "copy"
+    copying = True  # the source's protocol hands it every chunk (an AutoDirection stops when it splices)
 
     def __init__(self, source, drain):
         self.source, self.drain = source, drain
@@ -55,6 +56,11 @@ class CopyDirection:
         self.result = None
         self.done = defer.Deferred()
         drain.registerProducer(source, True)
+
+    @property
+    def copied(self):
+        """Bytes copied in user land: all of them."""
+        return self.length
 
     def moved(self, data):
         self.length += len(data)

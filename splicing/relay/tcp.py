@@ -21,8 +21,9 @@ from splicing.relay import proxyheader
 from splicing.relay.accepting import exhaustionErrno
 from splicing.relay.access import AllowList, formatAddress
 from splicing.relay.balance import Balancer, NoBackendError, Target
+from splicing.relay.autosplice import autoSpliceOrCopy
 from splicing.relay.events import connectFailure, connectionFailure, plural
-from splicing.relay.fallback import CopyDirection, spliceOrCopy
+from splicing.relay.fallback import CopyDirection
 from splicing.core.endpoint import noDelay, shutWrite
 from splicing.core.errors import SpliceError
 from splicing.core.result import Reason
@@ -177,6 +178,8 @@ class RelayProtocol(Protocol):
             return
         self._why = connectFailure(reason, self.factory.balancer.timeout)
         if reason.check(NoBackendError):
+            self.log.warn("no backend for {client}: {error}", client=formatAddress(self.transport.getPeer()),
+                          error=reason.getErrorMessage())
             self.factory._observe("refused", "backends-down")
             self._close("backends-down")  # at once: no client waits for a backend known dead
         else:
@@ -204,7 +207,7 @@ class RelayProtocol(Protocol):
             directions.insert(0, ("out", self.transport, backend.transport))
         try:
             for name, source, drain in directions:
-                s = self.splices[name] = spliceOrCopy(source, drain, f.backendPath)
+                s = self.splices[name] = autoSpliceOrCopy(source, drain, f.backendPath)
                 s.done.addCallback(self._directionDone, name, drain)
         except SpliceError as e:
             self.log.warn("cannot splice: {error}", error=str(e))
@@ -221,7 +224,7 @@ class RelayProtocol(Protocol):
     def _copied(self, name, data=None):
         """A chunk (or, with no data, EOF) of a direction that is copied, not spliced."""
         direction = self.splices.get(name)
-        if not isinstance(direction, CopyDirection):
+        if not isinstance(direction, CopyDirection) or not direction.copying:
             return False
         if data is None:
             direction.end()
@@ -316,14 +319,18 @@ class RelayProtocol(Protocol):
         self.ended = True
         self._cancel()
         for s in self.splices.values():
-            if isinstance(s, CopyDirection):
+            if isinstance(s, CopyDirection) and s.copying:
                 s.unsplice()  # unregister its producer, or closing would wait for it
         stats = self.statistics(self._failed or how)
         self.factory.sessionFinished(self, stats)
         self.sessionEnded(stats)
 
     def statistics(self, how):
-        """The session's fields: client, backend, bytes each way, duration, path, how."""
+        """
+        The session's fields: client, backend, bytes each way, duration,
+        path, how; C{copied}: the bytes (both ways) copied in user land
+        rather than spliced (small reads, L{splicing.relay.autosplice}).
+        """
         out, back = (self.splices.get(k) for k in ("out", "in"))
         backendPeer = self.backend.transport.getPeer() if self.backend and self.backend.transport else None
         anySplice = out or back
@@ -336,6 +343,7 @@ class RelayProtocol(Protocol):
             "bytes_in": back.length if back else 0,
             "duration": self.factory.reactor.seconds() - self.started,
             "path": anySplice.backend if anySplice else None,
+            "copied": sum(getattr(s, "copied", 0) for s in (out, back) if s is not None),
             "how": how,
             "why": self._why,
             "error": self._error,
