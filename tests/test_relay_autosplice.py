@@ -153,6 +153,6 @@ def test_no_descriptor_left_after_copied_and_spliced_sessions(relays):
             s.sendall(data)
             assert sha256(echo_exactly(s, len(data))) == sha256(data)
     deadline = time.monotonic() + procs.TIMEOUT
-    while fds(pid) != before and time.monotonic() < deadline:
+    while fds(pid) > before and time.monotonic() < deadline:  # (one of the previous test's may close meanwhile)
         time.sleep(0.05)
-    assert fds(pid) == before
+    assert fds(pid) <= before

@@ -8,7 +8,8 @@ and its answer, a redis command, a 1 KiB session: each is one read and one
 write, which Twisted's own read plus one write do at no set-up cost.  So a
 direction starts as a copy (L{splicing.relay.fallback.CopyDirection}: the
 drain's flow control pauses the source) and turns into a splice the first
-time a read fills Twisted's read buffer, which is where bulk begins.  The
+time a read fills Twisted's read buffer, which is where bulk begins (or
+once it copied 256 KiB: a busy relay reads bulk in smaller pieces).  The
 splice then flushes what the copy queued in the drain first (a splice's
 "queued data first"), so nothing is lost or reordered, and the direction's
 byte count is the copy's plus the splice's.
@@ -27,6 +28,9 @@ from splicing.relay.fallback import CopyDirection, spliceOn, spliceOrCopy
 
 #: A read this long filled Twisted's read buffer (C{abstract.FileDescriptor.bufferSize}): bulk.
 BULK = 65536
+#: Copied this much in all, a direction is spliced even if no read filled the buffer (a busy
+#: relay reads a bulk stream in smaller pieces; copying it would cost more CPU per byte).
+COPY_AT_MOST = 4 * BULK
 
 _planned = {}  # (source class, drain class) -> the path "auto" picks for them, or None
 
@@ -102,7 +106,7 @@ class AutoDirection(CopyDirection):
     def moved(self, data):
         self.copied += len(data)
         _write(self.drain, data)
-        if len(data) >= BULK and self.copying and self.path is not None:
+        if (len(data) >= BULK or self.copied >= COPY_AT_MOST) and self.copying and self.path is not None:
             self._spliceTheRest()
 
     def _spliceTheRest(self):

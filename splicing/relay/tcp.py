@@ -406,6 +406,22 @@ class RelayProtocol(Protocol):
         self._release()
 
 
+_ENDED = "session ended: {client} -> {backend}: {bytes_out_text} out, {bytes_in_text} in, {duration:.3f}s, {path}, {how}"
+_ENDED_WHY = _ENDED + ": {why}"
+
+
+def _flattened(stats, out, back):
+    """
+    The session event's fields already formatted, as twisted.logger's
+    C{flattenEvent} would key them: a text observer then joins strings
+    instead of running C{string.Formatter} over eight fields (it was a
+    sixth of a short session's CPU).  The fields themselves stay in the event.
+    """
+    return {"client!s:": stats["client"], "backend!s:": str(stats["backend"]), "bytes_out_text!s:": out,
+            "bytes_in_text!s:": back, "duration!s:.3f": "%.3f" % stats["duration"], "path!s:": str(stats["path"]),
+            "how!s:": str(stats["how"]), "why!s:": str(stats["why"])}
+
+
 class RelayFactory(Factory):
     """
     Makes L{RelayProtocol}s relaying to C{endpoints} in turn.
@@ -486,11 +502,12 @@ class RelayFactory(Factory):
         self._observe("connectFailed", target.name)
 
     def sessionFinished(self, protocol, stats):
+        out, back = plural(stats["bytes_out"], "byte"), plural(stats["bytes_in"], "byte")
         self.log.info(
-            "session ended: {client} -> {backend}: {bytes_out_text} out, {bytes_in_text} in, "
-            "{duration:.3f}s, {path}, {how}" + (": {why}" if stats["why"] else ""),
-            bytes_out_text=plural(stats["bytes_out"], "byte"),
-            bytes_in_text=plural(stats["bytes_in"], "byte"),
+            _ENDED_WHY if stats["why"] else _ENDED,
+            bytes_out_text=out,
+            bytes_in_text=back,
+            log_flattened=_flattened(stats, out, back),
             **stats,
         )
         self._observe("sessionEnded", stats)
