@@ -80,14 +80,12 @@ def relays(tmp_path_factory, backends):
         relay.close()
 
 
-@pytest.mark.parametrize("name", ["echo4", "echo6"])
-def test_request_response_exchanges_are_copied_exactly(relays, name):
-    """300 small exchanges on one session: each echo exact; all of it copied, the path still the kernel's."""
-    relay, where = relays
-    s = connect(where[name])
+def small_exchanges(where, count, size):
+    """C{count} echoes of up to C{size} bytes on one session, each checked: (bytes each way, sockname)."""
+    s = connect(where)
     sent = 0
-    for i in range(300):
-        msg = payload(1 + (i * 37) % 1400, seed=i)
+    for i in range(count):
+        msg = payload(1 + (i * 37) % size, seed=i)
         s.sendall(msg)
         assert echo_exactly(s, len(msg)) == msg
         sent += len(msg)
@@ -95,9 +93,28 @@ def test_request_response_exchanges_are_copied_exactly(relays, name):
     s.shutdown(socket.SHUT_WR)
     assert recv_all(s) == b""
     s.close()
+    return sent, client
+
+
+@pytest.mark.parametrize("name", ["echo4", "echo6"])
+def test_request_response_exchanges_are_copied_exactly(relays, name):
+    """60 small exchanges on one session: each echo exact; all of it copied, the path still the kernel's."""
+    relay, where = relays
+    sent, client = small_exchanges(where[name], 60, 1000)
     e = ended(relay, client)
     assert (e["bytes_out"], e["bytes_in"], e["how"]) == (sent, sent, "eof")
     assert e["copied"] == 2 * sent  # no read filled the buffer: no splice was set up
+    assert e["path"] == "kernel"
+
+
+@pytest.mark.parametrize("name", ["echo4", "echo6"])
+def test_a_long_conversation_is_spliced_after_64k_copied(relays, name):
+    """400 exchanges (about 280 KB each way): the splice takes over mid-conversation, no byte lost or reordered."""
+    relay, where = relays
+    sent, client = small_exchanges(where[name], 400, 1400)
+    e = ended(relay, client)
+    assert (e["bytes_out"], e["bytes_in"], e["how"]) == (sent, sent, "eof")
+    assert 2 * 65536 <= e["copied"] <= 2 * (65536 + 1400)
     assert e["path"] == "kernel"
 
 

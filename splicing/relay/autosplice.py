@@ -9,7 +9,7 @@ write, which Twisted's own read plus one write do at no set-up cost.  So a
 direction starts as a copy (L{splicing.relay.fallback.CopyDirection}: the
 drain's flow control pauses the source) and turns into a splice the first
 time a read fills Twisted's read buffer, which is where bulk begins (or
-once it copied 256 KiB: a busy relay reads bulk in smaller pieces).  The
+once it copied 64 KiB in all: a busy relay reads bulk in smaller pieces).  The
 splice then flushes what the copy queued in the drain first (a splice's
 "queued data first"), so nothing is lost or reordered, and the direction's
 byte count is the copy's plus the splice's.
@@ -30,7 +30,7 @@ from splicing.relay.fallback import CopyDirection, spliceOn, spliceOrCopy
 BULK = 65536
 #: Copied this much in all, a direction is spliced even if no read filled the buffer (a busy
 #: relay reads a bulk stream in smaller pieces; copying it would cost more CPU per byte).
-COPY_AT_MOST = 4 * BULK
+COPY_AT_MOST = BULK
 
 _planned = {}  # (source class, drain class) -> the path "auto" picks for them, or None
 
