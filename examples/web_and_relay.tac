@@ -1,7 +1,7 @@
 """
 A twisted.web site and a spliced relay in front of it, in one application:
 
-    twistd -ny examples/web_and_relay.tac
+    twistd -n --pidfile= -y examples/web_and_relay.tac
 
 The site listens on 127.0.0.1:$WEB_PORT (8081), the relay on
 127.0.0.1:$RELAY_PORT (8080): curl http://127.0.0.1:8080/

@@ -210,7 +210,7 @@ def test_every_backend_down_refuses_tcp_clients_at_once(start):
                 s.sendall(b"hello")
                 assert recv_all(s) == b""
             assert time.monotonic() - began < 0.5
-        relay.wait_for(r"no backend for 127\.0\.0\.1:\d+: every backend is down", 5)
+        relay.wait_for(r"session ended: 127\.0\.0\.1:\d+ -> None: .*, backends-down: every backend is down", 5)
         assert relay.text().count("session ended: ") >= 5 and "backends-down" in relay.text()
         assert down_up(relay, address) == (1, 0)  # still down: logged once, not once per check
     finally:

@@ -7,11 +7,9 @@ blocked a request.  Counts read "1 request", "1 datagram", "1 byte".
 """
 
 import http.client
-import http.server
 import re
 import socket
 import ssl
-import threading
 import time
 import urllib.request
 
@@ -19,26 +17,14 @@ import pytest
 
 import procs
 from procs import Backend, connect, recv_all
+from test_cli_lifecycle import start  # noqa: F401 (a fixture: real twistd processes, closed after)
+from test_cli_udp_http import BODY, origin, udp_echo  # noqa: F401 (fixtures: a web server, a UDP echo on ::1)
 from test_relay_tcp import make_cert
 
 LOCAL = "tcp:0:interface=127.0.0.1"
 #: What Twisted says per port, protocol or factory, which no relay line may be.
 CHATTER = re.compile(r"starting on \d+|Starting protocol|Stopping protocol|Port \d+ Closed|"
                      r"Starting factory|Stopping factory")
-
-
-@pytest.fixture
-def start(tmp_path):
-    started = []
-
-    def run(args, **kw):
-        p = procs.Twistd(tmp_path, args, name="p%d" % len(started), **kw)
-        started.append(p)
-        return p
-
-    yield run
-    for p in started:
-        p.close()
 
 
 def lines(relay):
@@ -60,32 +46,9 @@ def settled(relay, pattern, count, quiet=0.3):
 # -- UDP ----------------------------------------------------------------------
 
 
-@pytest.fixture
-def udp_echo():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    s.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve():
-        while not stop.is_set():
-            try:
-                data, addr = s.recvfrom(65536)
-            except socket.timeout:
-                continue
-            s.sendto(data, addr)
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    yield s.getsockname()[1]
-    stop.set()
-    t.join(2)
-    s.close()
-
-
 def test_udp_clients_one_line_each_and_no_twisted_chatter(start, udp_echo):
     """N clients: exactly N more lines, each a session line; a 1-datagram client reads "1 datagram"."""
-    relay = start(["udp", "--listen", "udp:0:interface=127.0.0.1", "--connect", "udp:127.0.0.1:%d" % udp_echo,
+    relay = start(["udp", "--listen", "udp:0:interface=127.0.0.1", "--connect", "udp:host=\\:\\:1:port=%d" % udp_echo,
                    "--idle", "0.5"])
     (port,) = relay.wait_for(r"UDP relay on 127\.0\.0\.1:(\d+) to")
     before = settled(relay, r"UDP relay on", 1)
@@ -96,7 +59,7 @@ def test_udp_clients_one_line_each_and_no_twisted_chatter(start, udp_echo):
         c.settimeout(5)
         for k in range(1 + i % 2):  # even clients send one datagram, odd ones two
             c.sendto(b"x" * (1 + k), ("127.0.0.1", int(port)))
-            assert c.recv(100) == b"x" * (1 + k)
+            assert c.recv(100) == b"echo:" + b"x" * (1 + k)
         clients.append(c)
     after = settled(relay, r"udp session ended", n)
     for c in clients:
@@ -105,50 +68,32 @@ def test_udp_clients_one_line_each_and_no_twisted_chatter(start, udp_echo):
     assert len(added) == n, "\n".join(added)
     assert all("udp session ended: 127.0.0.1:" in line for line in added), "\n".join(added)
     assert not [line for line in after if CHATTER.search(line)]
-    one = [line for line in added if "1 datagram / 1 byte out, 1 datagram / 1 byte in" in line]
-    two = [line for line in added if "2 datagrams / 3 bytes out, 2 datagrams / 3 bytes in" in line]
+    one = [line for line in added if "1 datagram / 1 byte out, 1 datagram / 6 bytes in" in line]
+    two = [line for line in added if "2 datagrams / 3 bytes out, 2 datagrams / 13 bytes in" in line]
     assert (len(one), len(two)) == (n // 2, n // 2), "\n".join(added)
 
 
 # -- HTTP ---------------------------------------------------------------------
 
 
-class _Origin(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self):
-        body = b"hello\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
-def origin():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Origin)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    yield "tcp:host=127.0.0.1:port=%d" % server.server_address[1]
-    server.shutdown()
-    server.server_close()
+def web(origin):
+    """test_cli_udp_http's web server (BODY for every GET), as a --connect string."""
+    return "tcp:host=127.0.0.1:port=%d" % origin.server_address[1]
 
 
-def test_http_backend_connections_log_no_factory_lines(start, origin):
+def test_http_backend_connections_log_no_factory_lines(start, web):
     """Each client connection (its own backend connection) is one line: "1 request", "2 requests"."""
-    relay = start(["http", "--listen", LOCAL, "--connect", origin])
+    relay = start(["http", "--listen", LOCAL, "--connect", web])
     (where,) = relay.listening()["http"]
     before = settled(relay, r"try it", 1)
     for _ in range(4):
         with urllib.request.urlopen("http://%s:%d/" % where, timeout=10) as r:
-            assert r.read() == b"hello\n"
+            assert r.read() == BODY
     c = http.client.HTTPConnection(*where, timeout=10)
     for _ in range(2):
         c.request("GET", "/")
-        assert c.getresponse().read() == b"hello\n"
+        assert c.getresponse().read() == BODY
     c.close()
     after = settled(relay, r"http session ended", 5)
     added = after[len(before):]
@@ -158,10 +103,10 @@ def test_http_backend_connections_log_no_factory_lines(start, origin):
     assert not [line for line in added if CHATTER.search(line)]
 
 
-def test_http_rule_block_says_which_rule(start, origin, tmp_path):
+def test_http_rule_block_says_which_rule(start, web, tmp_path):
     rules = tmp_path / "rules.conf"
     rules.write_text('return error\nblock request path "/admin*" label "no admin pages"\n')
-    relay = start(["http", "--listen", LOCAL, "--connect", origin, "--rules", str(rules)])
+    relay = start(["http", "--listen", LOCAL, "--connect", web, "--rules", str(rules)])
     (where,) = relay.listening()["http"]
     c = http.client.HTTPConnection(*where, timeout=10)
     c.request("GET", "/admin/x")
@@ -215,7 +160,7 @@ def test_http_backend_certificate_failure_logged_with_reason(start, untrusted):
     r = c.getresponse()
     assert (r.status, r.read()) == (502, b"502 Bad Gateway: TLS with the backend failed\n")
     c.close()
-    found = relay.wait_for(r"http session ended: \S+ 1 request, .* error-502: (.*)")
+    found = relay.wait_for(r"http session ended: .*: 1 request, .* error-502: (.*)")
     assert found == ["backend TLS failed: certificate verify failed: self-signed certificate"]
 
 
@@ -233,8 +178,8 @@ def test_refused_backend_is_one_session_line_that_says_so(start):
 # -- PROXY headers ------------------------------------------------------------
 
 
-def test_haproxy_listener_client_without_header_logged_and_counted(start, origin):
-    relay = start(["tcp", "--listen", "haproxy:" + LOCAL, "--connect", origin,
+def test_haproxy_listener_client_without_header_logged_and_counted(start, web):
+    relay = start(["tcp", "--listen", "haproxy:" + LOCAL, "--connect", web,
                    "--metrics", "tcp:0:interface=127.0.0.1"])
     (where,) = relay.listening()["tcp"]
     metrics = procs.address(relay.wait_for(r"metrics http listening on (\S+)")[0])
@@ -244,7 +189,7 @@ def test_haproxy_listener_client_without_header_logged_and_counted(start, origin
             assert recv_all(s) == b""
     with connect(where) as s:  # a client with its header is relayed
         s.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 4321 80\r\nGET / HTTP/1.0\r\n\r\n")
-        assert recv_all(s).endswith(b"hello\n")
+        assert recv_all(s).endswith(BODY)
     relay.wait_for(r"session ended: 192\.0\.2\.7:4321 ")
     dropped = relay.wait_for(r"dropped 127\.0\.0\.1:\d+: (.*)", 2)
     assert dropped == ["PROXY header missing (first bytes b'GET / HTTP/1.0\\r\\n\\r\\n')",
@@ -252,3 +197,43 @@ def test_haproxy_listener_client_without_header_logged_and_counted(start, origin
     with urllib.request.urlopen("http://%s:%d/" % metrics, timeout=10) as r:
         text = r.read().decode()
     assert 'splicing_refused_total{reason="proxy-header",relay="tcp"} 2.0' in text
+
+
+# -- the words, without sockets -------------------------------------------------
+
+
+def test_plural():
+    from splicing.relay.events import plural
+
+    assert [plural(n, "request") for n in (0, 1, 2)] == ["0 requests", "1 request", "2 requests"]
+
+
+def test_connect_failure_words():
+    from service_identity import VerificationError
+    from service_identity.hazmat import DNS_ID, DNSMismatch
+    from twisted.internet import defer, error
+    from twisted.python.failure import Failure
+
+    from splicing.relay.events import connectFailure, connectionFailure
+
+    assert connectFailure(Failure(error.ConnectionRefusedError())) == "connection refused"
+    assert connectFailure(Failure(defer.TimeoutError()), 3) == "timed out after 3 s"
+    assert connectFailure(Failure(error.DNSLookupError("nx.invalid"))).startswith("host name not found")
+    mismatch = VerificationError(errors=[DNSMismatch(mismatched_id=DNS_ID("backend.example"))])
+    assert connectFailure(Failure(mismatch)) == (
+        "TLS: certificate verify failed: the certificate is not valid for backend.example")
+    assert connectionFailure(Failure(error.ConnectionDone())) is None  # a clean close is no failure
+
+
+def test_haproxy_listener_client_sending_nothing_is_dropped_with_why(start, web):
+    """A client that never sends its header is not held forever (5 s, the relay's headerTimeout)."""
+    relay = start(["tcp", "--listen", "haproxy:" + LOCAL, "--connect", web])
+    (where,) = relay.listening()["tcp"]
+    with connect(where) as s:
+        began = time.monotonic()
+        try:
+            assert s.recv(1) == b""
+        except ConnectionResetError:
+            pass  # dropped (reset) by the relay, not by this client
+        assert 4.5 < time.monotonic() - began < 8
+    assert relay.wait_for(r"dropped 127\.0\.0\.1:\d+: (.*)") == ["PROXY header missing: none within 5s"]

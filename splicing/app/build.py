@@ -103,7 +103,7 @@ def _streamSettings(spec, metrics, reactor):
 def _tcpService(spec, metrics, reactor):
     options = spec.options
     if spec.connect:
-        balancer, hint, origin = _balancer(reactor, options, spec.connect), "nc {host} {port}", None
+        balancer, hint, origin = _balancer(reactor, options, spec.connect), "curl telnet://{host}:{port}", None  # nc [::1] PORT fails with both Debian netcats
     else:
         origin, endpoint = _demo(reactor)
         balancer = Balancer([Target(endpoint, "demo-origin")], reactor, timeout=options["connect-timeout"])

@@ -287,6 +287,26 @@ def _onCommandLine(options):
     return _commandLineClasses[options]
 
 
+#: The end of C{twistd splice --help}: what to copy and paste, as the help of
+#: an installed package has no docs/ folder beside it.
+EXAMPLES = """
+Examples (-n: stay in the foreground; --pidfile=: no twistd.pid, so several
+relays can run from one directory):
+  twistd -n --pidfile= splice tcp --listen tcp:8080:interface=127.0.0.1
+      a TCP relay to a local demo web site: curl http://127.0.0.1:8080/
+  twistd -n --pidfile= splice tcp --listen tcp:2222 --connect tcp:host=10.0.0.11:port=22
+  twistd -n --pidfile= splice udp --listen udp:5353:interface=127.0.0.1 \\
+      --connect udp:host=9.9.9.9:port=53 --idle 30
+  twistd -n --pidfile= splice http --listen tcp:8080:interface=127.0.0.1 \\
+      --connect tcp:host=127.0.0.1:port=8000 --block-path '/admin*'
+  twistd -n --pidfile= splice --config relays.toml     (SIGHUP reloads it)
+  twist splice tcp ...                                  (JSON logs off a terminal)
+Each relay's options: twistd splice tcp --help (udp, http likewise).
+The full guide, the config file and the HTTP filter rules: docs/usage.md,
+docs/http.md and docs/http-rules.md in splicing's source tree.
+"""
+
+
 def _program():
     """twistd or twist, as the user typed it (not its full path)."""
     name = os.path.basename(sys.argv[0]) if sys.argv else ""
@@ -311,7 +331,12 @@ class Options(usage.Options):
     """
 
     synopsis = "tcp|udp|http [options] | --config FILE"
-    longdesc = "Spliced relays. See docs/usage.md, or 'twistd splice tcp --help'."
+    longdesc = "Spliced relays: TCP, UDP and an HTTP-filtering proxy, from the command line or a TOML file."
+
+    def getUsage(self, width=None):
+        """Twisted's usage, then L{EXAMPLES} (a longdesc would lose their lines to rewrapping)."""
+        text = usage.Options.getUsage(self, width)
+        return text if getattr(self, "subOptions", None) is not None else text + EXAMPLES
     optParameters = [["config", "c", None, "A TOML file of relays (reloaded on SIGHUP)."], _WORKERS]
 
     @property

@@ -127,7 +127,7 @@ class RelayService(ListeningService):
 
     what = "relay"
 
-    def __init__(self, listen, factory, hint="nc {host} {port}", reactor=None, shutdownTimeout=30.0):
+    def __init__(self, listen, factory, hint="curl telnet://{host}:{port}", reactor=None, shutdownTimeout=30.0):
         ListeningService.__init__(self, listen, factory, reactor)
         self.hint = hint
         self.shutdownTimeout = shutdownTimeout
@@ -178,6 +178,7 @@ class RelayService(ListeningService):
         d = self.stopAccepting()
         d.addCallback(lambda _: self.drain(self.shutdownTimeout))
         d.addCallback(lambda _: service.MultiService.stopService(self))
+        d.addCallback(lambda _: self.log.info("{what} {name} stopped", what=self.what, name=self.factory.name))
         return d
 
 

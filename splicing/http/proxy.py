@@ -30,8 +30,11 @@ from splicing.relay.report import Reporter
 from splicing.relay.sessions import SessionTable
 
 
-def _ruleBlock(status, label, verdict, answer):
-    """A block by the rules; without C{answer} the connection just closes (relayd without C{return error})."""
+def _ruleBlock(status, label, answer, verdict):
+    """
+    A block by the rules; without C{answer} the connection just closes
+    (relayd without C{return error}).  Its C{why} names the rule.
+    """
     e = HTTPError(status, label)
     e.silent = not answer
     rule = verdict.rule
@@ -128,10 +131,14 @@ class HTTPProxyProtocol(Protocol):
 
     def sessionEnded(self, stats):
         self.log.info(
-            "http session ended: {client} {requests_text}, {bytes_out} bytes out, "
-            "{bytes_in} bytes in, {spliced} bytes spliced, {copied} bytes copied, {how}"
+            "http session ended: {client} -> {backend}: {requests_text}, {bytes_out_text} out, "
+            "{bytes_in_text} in, {spliced_text} spliced, {copied_text} copied, {how}"
             + (": {why}" if stats.get("why") else ""),
             requests_text=plural(stats["requests"], "request"),
+            bytes_out_text=plural(stats["bytes_out"], "byte"),
+            bytes_in_text=plural(stats["bytes_in"], "byte"),
+            spliced_text=plural(stats["spliced"], "byte"),
+            copied_text=plural(stats["copied"], "byte"),
             **stats,
         )
 
@@ -202,7 +209,7 @@ class HTTPProxyProtocol(Protocol):
         if verdict is not None:
             self.logs.extend(verdict.logs)
             if verdict.action == "block":
-                raise _ruleBlock(403, verdict.label or "blocked by a filter rule", verdict, f.rules.answers(verdict))
+                raise _ruleBlock(403, verdict.label or "blocked by a filter rule", f.rules.answers(verdict), verdict)
         self.filterRequest(head)
         if self._headTimer is not None and self._headTimer.active():
             self._headTimer.cancel()
@@ -231,8 +238,8 @@ class HTTPProxyProtocol(Protocol):
         if verdict is not None:
             self.logs.extend(verdict.logs)
             if verdict.action == "block":
-                raise _ruleBlock(502, verdict.label or "response blocked by a filter rule", verdict,
-                                 self.factory.rules.answers(verdict))
+                raise _ruleBlock(502, verdict.label or "response blocked by a filter rule",
+                                 self.factory.rules.answers(verdict), verdict)
         self.filterResponse(request, response)
         self._cancelBackendTimer()
         self.responses.write(response.serialize())

@@ -94,6 +94,8 @@ class RelayProtocol(Protocol):
         self._timers = {}
         self._phase = "proxy-header"
         proxyheader.whenHeaderRead(self.transport, self._accepted, self, self._headerRejected)
+        if self._phase == "proxy-header":  # a haproxy: listener's client, its header still to come
+            self._later("proxy-header", self.headerTimeout, self._headerLate)
 
     # -- hooks
 
@@ -113,7 +115,13 @@ class RelayProtocol(Protocol):
     def _headerRejected(self, why):
         self.factory.rejected(self, why)
 
+    def _headerLate(self):
+        """No PROXY header within L{headerTimeout}: a client that sends nothing holds no socket."""
+        self._headerRejected("PROXY header missing: none within %gs" % (self.headerTimeout,))
+        self.transport.abortConnection()
+
     def _accepted(self):
+        self._cancel("proxy-header")
         self.transport.pauseProducing()
         self._phase = "waiting"
         self.factory.admit(self)
@@ -176,10 +184,8 @@ class RelayProtocol(Protocol):
             guard.exhausted("connect", error)
             self._later("connect", guard.delay, self._connect, endpoint)
             return
-        self._why = connectFailure(reason, self.factory.balancer.timeout)
+        self._why = connectFailure(reason, self.factory.balancer.timeout)  # said by the session's event
         if reason.check(NoBackendError):
-            self.log.warn("no backend for {client}: {error}", client=formatAddress(self.transport.getPeer()),
-                          error=reason.getErrorMessage())
             self.factory._observe("refused", "backends-down")
             self._close("backends-down")  # at once: no client waits for a backend known dead
         else:

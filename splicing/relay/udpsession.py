@@ -305,9 +305,9 @@ class Session:
                 s.unsplice()
         self._close()
         self.log.info(
-            "udp session ended: {client} -> {backend}: {out} out, {in_} in, {duration:.3f}s, {path}, {how}",
-            out="%s / %s" % (plural(self.datagramsOut, "datagram"), plural(self.bytesOut, "byte")),
-            in_="%s / %s" % (plural(self.datagramsIn, "datagram"), plural(self.bytesIn, "byte")),
+            "udp session ended: {client} -> {backend}: {out_text} out, {in_text} in, {duration:.3f}s, {path}, {how}",
+            out_text="%s / %s" % (plural(self.datagramsOut, "datagram"), plural(self.bytesOut, "byte")),
+            in_text="%s / %s" % (plural(self.datagramsIn, "datagram"), plural(self.bytesIn, "byte")),
             client=formatAddress(self.clientKey),
             backend=formatAddress(self.backend),
             datagrams_out=self.datagramsOut,

@@ -8,6 +8,6 @@ from twisted.application.service import ServiceMaker
 splice = ServiceMaker(
     "splicing",
     "splicing.app.cli",
-    "OpenBSD-style spliced TCP and UDP relays (see 'twistd splice --help', docs/usage.md).",
+    "OpenBSD-style spliced TCP, UDP and HTTP relays (see 'twistd splice --help').",
     "splice",
 )
