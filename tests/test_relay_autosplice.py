@@ -158,3 +158,33 @@ def test_no_descriptor_left_after_copied_and_spliced_sessions(relays):
     while fds(pid) > before and time.monotonic() < deadline:  # (one of the previous test's may close meanwhile)
         time.sleep(0.05)
     assert fds(pid) <= before
+
+
+def test_idle_sweep_ends_only_the_silent_session():
+    """One timer for all sessions: the silent one ends after idle (within a quarter more), the busy one lives."""
+    from twisted.internet.task import Clock
+
+    from splicing.relay.idle import IdleSweep
+
+    class Session:
+        def __init__(self):
+            self.bytes, self.ended = 0, None
+
+        def moved(self):
+            return self.bytes
+
+        def idleTimeout(self):
+            self.ended = clock.seconds()
+
+    clock = Clock()
+    sweep = IdleSweep(clock, 4.0)
+    silent, busy = Session(), Session()
+    sweep.watch(silent)
+    sweep.watch(busy)
+    assert len(clock.getDelayedCalls()) == 1  # one timer, not one per session
+    for _ in range(12):
+        busy.bytes += 1
+        clock.advance(1.0)
+    assert 4.0 <= silent.ended <= 5.0 and busy.ended is None
+    sweep.forget(busy)
+    assert clock.getDelayedCalls() == []  # nothing watched, no timer left

@@ -24,6 +24,7 @@ from splicing.relay.balance import Balancer, NoBackendError, Target
 from splicing.relay.autosplice import autoSpliceOrCopy
 from splicing.relay.events import connectFailure, connectionFailure, plural
 from splicing.relay.fallback import CopyDirection
+from splicing.relay.idle import IdleSweep
 from splicing.core.endpoint import noDelay, shutWrite
 from splicing.core.errors import SpliceError
 from splicing.core.result import Reason
@@ -224,8 +225,7 @@ class RelayProtocol(Protocol):
         else:
             self.transport.resumeProducing()
         if f.idle:
-            self._lastTotal, self._lastMove = 0, f.reactor.seconds()
-            self._later("idle", f.idle / 4.0, self._idleCheck)
+            f.idleSweep.watch(self)
 
     def _copied(self, name, data=None):
         """A chunk (or, with no data, EOF) of a direction that is copied, not spliced."""
@@ -267,16 +267,14 @@ class RelayProtocol(Protocol):
     def _bothDone(self):
         return len(self.splices) == 2 and all(s is None or s.result is not None for s in self.splices.values())
 
-    def _idleCheck(self):
-        """Every quarter of C{idle}: end when the byte counts stood still for C{idle} seconds."""
-        now, idle = self.factory.reactor.seconds(), self.factory.idle
-        total = sum(s.length for s in self.splices.values() if s is not None)
-        if total != self._lastTotal:
-            self._lastTotal, self._lastMove = total, now
-        elif now - self._lastMove >= idle:
+    def moved(self):
+        """Bytes moved so far, both ways (what the relay's idle sweep watches)."""
+        return sum(s.length for s in self.splices.values() if s is not None)
+
+    def idleTimeout(self):
+        """No byte either way for C{idle} seconds (L{splicing.relay.idle.IdleSweep})."""
+        if not self.ended:
             self._abort("idle")
-            return
-        self._later("idle", min(idle / 4.0, idle - (now - self._lastMove)), self._idleCheck)
 
     # -- timers
 
@@ -324,6 +322,7 @@ class RelayProtocol(Protocol):
             return
         self.ended = True
         self._cancel()
+        self.factory.idleSweep.forget(self)
         for s in self.splices.values():
             if isinstance(s, CopyDirection) and s.copying:
                 s.unsplice()  # unregister its producer, or closing would wait for it
@@ -465,6 +464,7 @@ class RelayFactory(Factory):
         self.balancer.onFailure = self._connectFailed
         self.backendPath = backendPath
         self.idle = idle
+        self.idleSweep = IdleSweep(reactor, idle)
         self.halfCloseTimeout = halfCloseTimeout
         if sendProxy is not None and sendProxy not in proxyheader.VERSIONS:
             raise ValueError("sendProxy must be v1 or v2, not %r" % (sendProxy,))
