@@ -87,7 +87,7 @@ class AutoDirection(CopyDirection):
     still hands it the bytes.
     """
 
-    __slots__ = ("source", "drain", "path", "backend", "copied", "result", "done", "copying", "splice")
+    __slots__ = ("path", "backend", "copied", "copying", "splice")  # and CopyDirection's (its length unused)
 
     def __init__(self, source, drain, path, planned):
         self.source, self.drain = source, drain

@@ -47,6 +47,8 @@ class CopyDirection:
     with each chunk and L{end} at EOF.
     """
 
+    __slots__ = ("source", "drain", "length", "result", "done", "__weakref__")
+
     backend = "copy"
     copying = True  # the source's protocol hands it every chunk (an AutoDirection stops when it splices)
 
