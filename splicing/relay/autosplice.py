@@ -42,7 +42,7 @@ def plannedPath(source, drain):
         try:
             path = paths.choose("auto", describe(source), describe(drain))
         except SpliceError:
-            path = None
+            return None  # (this pair, now: a closed socket says nothing about the next one)
         _planned[key] = path if path in ("kernel", "mbuf") else None
     return _planned[key]
 
