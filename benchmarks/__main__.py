@@ -40,6 +40,7 @@ SCENARIOS = {
     "tcp-sessions": ("benchmarks.tcp_sessions", "suite"),
     "session-rate": ("benchmarks.session_rate", "suite"),
     "latency": ("benchmarks.latency", "suite"),
+    "redis": ("benchmarks.redis_bench", "suite"),
     "udp": ("benchmarks.udp_throughput", "suite"),
     "http": ("benchmarks.http_throughput", "suite"),
     "memory": ("benchmarks.idle_memory", "suite"),

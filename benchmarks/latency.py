@@ -20,6 +20,7 @@ from benchmarks.report import Spread, percentile
 from benchmarks.tcp_throughput import start_relays
 
 TARGET = 1.4  # splice median / direct median
+ADDED_TARGET = 1.3  # what splice adds to the median / what HAProxy adds
 RELAYS = ["direct", "portforward", "splice", "splice-mbuf"]
 
 
@@ -62,6 +63,15 @@ def summarize(runs):
     return out
 
 
+def added_ratio(summ, name, peer="haproxy"):
+    """(C{name}'s median - direct's) / (C{peer}'s median - direct's), or None (no peer, or it added nothing)."""
+    medians = [summ.get(n, {}).get("median") for n in (name, peer, "direct")]
+    if None in medians:
+        return None
+    mine, theirs, direct = (m.median for m in medians)
+    return (mine - direct) / (theirs - direct) if theirs > direct else None
+
+
 def suite(ctx):
     from benchmarks import charts
     from benchmarks.report import Table, Verdict, ratio
@@ -90,6 +100,9 @@ def suite(ctx):
     for n in ("splice", "splice-mbuf"):
         table.verdicts.append(Verdict("Latency: %s median vs direct" % n,
                                       table.value(n, "xd"), TARGET, higher=False))
+    if table.row("haproxy"):
+        table.verdicts.append(Verdict("Latency: round-trip time splice adds vs what HAProxy adds",
+                                      added_ratio(summ, "splice"), ADDED_TARGET, higher=False))
     for peer in ("haproxy", "portforward"):
         if table.row(peer):
             table.notes.append("%s: %sx direct (the issue's reference: %s)." % (
@@ -118,6 +131,9 @@ def main(argv=None):
             n, s["median"].format("%.1f") if s["median"] else "-",
             "%.2f" % (s["median"].median / d.median) if d and s["median"] else "-",
             s["p99"].format("%.1f") if s["p99"] else "-"))
+    if "haproxy" in summ and "splice" in summ:
+        r = added_ratio(summ, "splice")
+        print("splice adds %s what haproxy adds" % ("%.2fx" % r if r is not None else "-"))
     for f in failures:
         print("failure:", f)
     return 1 if failures else 0

@@ -22,6 +22,7 @@ from benchmarks.report import Spread
 from benchmarks.tcp_throughput import start_relays
 
 TARGET = 1.5  # splice vs port forwarder, sessions/s
+CPU_TARGET = 0.6  # splice's relay CPU per session vs the port forwarder's
 RELAYS = ["direct", "portforward", "splice", "splice-mbuf"]
 SIZE = 1024
 
@@ -86,14 +87,18 @@ def suite(ctx):
         "it, close); relay CPU = relay process CPU time per session; %d interleaved runs, "
         "median (min-max)." % (conc, seconds, repeat),
         [("relay", "relay", "%s"), ("rate", "sessions/s", "%.0f"), ("xpf", "x portforward", "%.2f"),
-         ("cpu_us", "relay CPU us/session", "%.0f"), ("errors", "errors", "%d")])
-    pf = summ.get("portforward", {}).get("rate")
+         ("xha", "x haproxy", "%.2f"), ("cpu_us", "relay CPU us/session", "%.0f"),
+         ("cpupf", "CPU x portforward", "%.2f"), ("errors", "errors", "%d")])
+    pf, ha = (summ.get(n, {}).get("rate") for n in ("portforward", "haproxy"))
+    pfcpu = summ.get("portforward", {}).get("cpu_us")
     for n in names:
         s = summ[n]
-        table.rows.append({"relay": n, "rate": s["rate"], "xpf": ratio(s["rate"], pf),
-                           "cpu_us": s["cpu_us"], "errors": s["errors"]})
+        table.rows.append({"relay": n, "rate": s["rate"], "xpf": ratio(s["rate"], pf), "xha": ratio(s["rate"], ha),
+                           "cpu_us": s["cpu_us"], "cpupf": ratio(s["cpu_us"], pfcpu), "errors": s["errors"]})
     table.verdicts.append(Verdict("Session rate: splice vs port forwarder",
                                   table.value("splice", "xpf"), TARGET))
+    table.verdicts.append(Verdict("Session rate: splice's relay CPU per session vs the port forwarder's",
+                                  table.value("splice", "cpupf"), CPU_TARGET, higher=False))
     if table.value("direct", "rate") and table.value("splice", "rate"):
         table.notes.append("Without a relay the load reached %.1fx the splice relay's rate: %s." % (
             ratio(table.value("direct", "rate"), table.value("splice", "rate")),
@@ -123,6 +128,10 @@ def main(argv=None):
         s = summ[n]
         print("%-12s %22s %22s" % (n, s["rate"].format("%.0f") if s["rate"] else "-",
                                    s["cpu_us"].format("%.0f") if s["cpu_us"] else "-"))
+    pf = summ.get("portforward", {})
+    if pf.get("cpu_us") and summ.get("splice", {}).get("cpu_us"):
+        print("splice: %.2fx the port forwarder's sessions/s at %.2fx its CPU per session" % (
+            summ["splice"]["rate"].median / pf["rate"].median, summ["splice"]["cpu_us"].median / pf["cpu_us"].median))
     for f in failures:
         print("failure:", f)
     return 1 if failures else 0

@@ -204,6 +204,17 @@ def recv_all(sock, limit=None):
     return b"".join(chunks)
 
 
+def recv_exactly(sock, n):
+    """Exactly ``n`` bytes from ``sock`` (an EOF before them fails the test)."""
+    chunks = []
+    while n:
+        chunk = sock.recv(n)
+        assert chunk, "EOF with %d bytes missing" % n
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
 def payload(n, seed=0):
     """``n`` deterministic pseudo-random bytes."""
     out, block, i = [], b"", 0

@@ -160,3 +160,54 @@ def test_http_small_requests_rows_against_the_tcp_relay(monkeypatch):
     assert rows["http-proxy"]["xtcp"] == 0.7 and round(rows["http-proxy"]["cpu"].median, 6) == 50.0
     v = next(v for v in small.verdicts if "TCP relay" in v.target)
     assert v.value == 0.7 and v.goal == h.SMALL_VS_TCP and not v.met
+
+
+def test_added_latency_ratio_is_against_what_haproxy_adds():
+    from benchmarks import latency
+
+    summ = {"direct": {"median": Spread.of([20.0])}, "splice": {"median": Spread.of([50.0])},
+            "haproxy": {"median": Spread.of([40.0])}}
+    assert latency.added_ratio(summ, "splice") == 1.5  # adds 30 us where HAProxy adds 20
+    assert latency.added_ratio({"direct": summ["direct"], "splice": summ["splice"]}, "splice") is None
+    summ["haproxy"]["median"] = Spread.of([20.0])
+    assert latency.added_ratio(summ, "splice") is None  # HAProxy added nothing: no ratio, no division by zero
+
+
+def test_redis_benchmark_csv_and_lowest_ratio():
+    from benchmarks import redis_bench
+
+    text = ('"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms",'
+            '"p99_latency_ms","max_latency_ms"\n"PING_INLINE","51020.41","0.252","0.016","0.223",'
+            '"0.495","0.935","3.247"\n"SET","34722.22","0.350","0.032","0.279","0.831","1.839","3.295"\n'
+            '"GET","53763.44","0.247","0.032","0.239","0.375","0.503","1.807"\n')
+    assert redis_bench.parse_csv(text) == {"PING_INLINE": 51020.41, "SET": 34722.22, "GET": 53763.44}
+    summ = redis_bench.summarize({
+        "direct": [{"PING_INLINE": 100.0, "SET": 100.0, "GET": 100.0, "cpu_us": None}],
+        "splice": [{"PING_INLINE": 80.0, "SET": 50.0, "GET": 90.0, "cpu_us": 20.0}]})
+    assert redis_bench.worst_ratio(summ, "splice") == 0.5
+    assert redis_bench.worst_ratio(summ, "haproxy") is None
+
+
+def test_redis_scenario_skips_with_a_note_without_redis(monkeypatch):
+    from benchmarks import redis_bench
+
+    monkeypatch.setattr(redis_bench, "available", lambda: False)
+    logged = []
+    ctx = Context(quick=True)
+    monkeypatch.setattr(ctx, "log", logged.append)
+    (table,) = redis_bench.suite(ctx).tables
+    assert "not installed" in table.measured and redis_bench.INSTALL in table.measured
+    assert any("skipped" in m for m in logged)
+
+
+def test_redis_benchmark_through_a_direct_connection():
+    """A real redis-server and redis-benchmark (about 2 s); where redis is absent the scenario skips (above)."""
+    import pytest
+
+    from benchmarks import redis_bench
+
+    if not redis_bench.available():
+        pytest.skip("redis-server/redis-benchmark not installed: %s" % redis_bench.INSTALL)
+    runs, failures = redis_bench.measure(["direct"], 300, 5, 1)
+    assert not failures and set(runs["direct"][0]) >= set(redis_bench.TESTS)
+    assert all(runs["direct"][0][t] > 0 for t in redis_bench.TESTS)

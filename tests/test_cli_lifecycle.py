@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 import procs
-from procs import Backend, connect, recv_all
+from procs import Backend, connect, recv_all, recv_exactly
 
 LOCAL = "tcp:0:interface=127.0.0.1"
 
@@ -37,14 +37,6 @@ def start(tmp_path):
     for p in started:
         p.close()
 
-
-def recv_exactly(sock, n):
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        assert chunk
-        data += chunk
-    return data
 
 
 def ping(where, data=b"ping"):

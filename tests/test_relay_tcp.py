@@ -21,7 +21,7 @@ from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
 
 import procs
-from procs import Backend, connect, recv_all, payload, sha256
+from procs import Backend, connect, recv_all, recv_exactly, payload, sha256
 
 SESSION = r"session ended: (\S+) -> (\S+): (\d+) bytes? out, (\d+) bytes? in, ([\d.]+)s, (\w+), ([\w-]+)"
 
@@ -43,15 +43,6 @@ def wait_session(relay, client, timeout=procs.TIMEOUT):
         time.sleep(0.05)
     raise AssertionError("no session end logged for %r:\n%s" % (client, relay.text()))
 
-
-def recv_exactly(sock, n):
-    chunks = []
-    while n:
-        chunk = sock.recv(n)
-        assert chunk, "EOF with %d bytes missing" % n
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
 
 
 def make_cert(tmp):

@@ -47,7 +47,10 @@ class CopyDirection:
     with each chunk and L{end} at EOF.
     """
 
+    __slots__ = ("source", "drain", "length", "result", "done", "__weakref__")
+
     backend = "copy"
+    copying = True  # the source's protocol hands it every chunk (an AutoDirection stops when it splices)
 
     def __init__(self, source, drain):
         self.source, self.drain = source, drain
@@ -55,6 +58,11 @@ class CopyDirection:
         self.result = None
         self.done = defer.Deferred()
         drain.registerProducer(source, True)
+
+    @property
+    def copied(self):
+        """Bytes copied in user land: all of them."""
+        return self.length
 
     def moved(self, data):
         self.length += len(data)
