@@ -6,7 +6,9 @@ A session ends by closing both connections.  A graceful close
 (C{loseConnection}) first flushes what the application wrote, which a peer
 that stopped reading never lets finish: L{Linger} resets what is still
 open after the session's idle timeout, so no socket outlives its session
-by more than that.
+by more than that.  A client that sent its EOF while a response is
+outstanding may have left: L{StallWatch} ends the session once that
+response stops moving (L{HALF_CLOSED_STALL}).
 """
 
 
