@@ -30,7 +30,6 @@ import pytest
 
 import earlyclose as ec
 import procs
-from splicing.http.closing import HALF_CLOSED_STALL
 from test_relay_tcp import make_cert
 
 #: CPU share an idle relay may show in a sample (the spinning bug showed 0.4-0.8).
@@ -389,6 +388,8 @@ def test_half_closed_client_still_gets_its_answer(relays, kind):
     that keeps moving (4 KiB each 20 ms) is not cut after the stall bound;
     only a response that stops is.
     """
+    from splicing.http.closing import HALF_CLOSED_STALL
+
     relay = relays["http", kind]
     s = ec.connect(relay.where)
     try:
