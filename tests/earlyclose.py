@@ -85,7 +85,8 @@ def origin(tls=None):
     Paths: ``/small`` (5 bytes), ``/big`` (4 MiB), ``/close`` (a
     close-delimited body), ``/cut`` (Content-Length 1 MiB, 64 KiB sent, then
     closed), ``/trickle`` (Content-Length 4 MiB, 64 KiB sent, then 4 KiB
-each 20 ms), ``/origin-before-answer-{fin,rst}`` (closed on reading the
+each 20 ms), ``/stall`` (Content-Length 4 MiB, 64 KiB sent, then nothing
+    until the relay closes), ``/origin-before-answer-{fin,rst}`` (closed on reading the
     head), ``/origin-mid-response-{fin,rst}`` (a 4 MiB body cut after 64
     KiB).  A request body (Content-Length) is read whole first.
     """
@@ -128,6 +129,11 @@ each 20 ms), ``/origin-before-answer-{fin,rst}`` (closed on reading the
                     for at in range(65536, len(big), 4096):  # 4 KiB each 20 ms: the rest would take 20 s
                         time.sleep(0.02)
                         sock.sendall(big[at:at + 4096])
+                    return
+                elif target == "/stall":
+                    _answer(sock, "200 OK", big[:65536], len(big))
+                    sock.settimeout(10)  # holds the rest back until the relay lets go (or 10 s)
+                    sock.recv(1)
                     return
                 elif target.startswith("/origin-before-answer-"):
                     if target.endswith("rst"):
@@ -322,14 +328,21 @@ def settle(pid, timeout=2.0):
 
 def sessionsActive(metricsWhere, relay):
     """``splicing_sessions_active`` of ``relay`` from a metrics endpoint."""
+    found = metric(metricsWhere, 'splicing_sessions_active{relay="%s"}' % (relay,))
+    if found is None:
+        raise AssertionError("no splicing_sessions_active of %s in the metrics" % (relay,))
+    return found
+
+
+def metric(metricsWhere, key):
+    """The value of the sample ``key`` (name and labels as the exposition writes them), or None."""
     s = socket.create_connection(metricsWhere, timeout=5.0)
     try:
         s.sendall(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
         data = recv_all(s)
     finally:
         s.close()
-    key = 'splicing_sessions_active{relay="%s"}' % (relay,)
     for line in data.decode("latin-1").splitlines():
-        if line.startswith(key):
+        if line.startswith(key + " "):
             return float(line.split()[-1])
-    raise AssertionError("no %s in the metrics:\n%s" % (key, data[-2000:]))
+    return None

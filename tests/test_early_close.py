@@ -21,6 +21,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -279,6 +280,28 @@ class _Transport:
         self._aborting = True
 
 
+def test_stall_watch_fires_only_after_a_whole_bound_without_progress():
+    """Progress restarts the bound; none for the whole bound calls back once; cancel and 0 mean never."""
+    from twisted.internet.task import Clock
+
+    from splicing.http.closing import StallWatch
+
+    clock, moved, calls = Clock(), [0], []
+    watch = StallWatch(clock, 1.0, lambda: moved[0], lambda: calls.append(clock.seconds()))
+    watch.start()
+    clock.advance(0.5)
+    moved[0] = 10
+    clock.advance(0.25)  # seen moving at 0.75: the bound runs from there
+    clock.pump([0.25] * 3)
+    assert calls == []
+    clock.pump([0.25] * 8)
+    assert calls == [1.75] and not clock.getDelayedCalls()
+    watch.start()
+    watch.cancel()
+    StallWatch(clock, 0, lambda: 0, calls.append).start()
+    assert not clock.getDelayedCalls()
+
+
 def test_linger_resets_what_is_still_open_after_idle_and_never_twice():
     """
     A session closed gracefully whose peer stops reading would keep its
@@ -308,3 +331,85 @@ def test_linger_resets_what_is_still_open_after_idle_and_never_twice():
     assert quiet.aborts == 0 and not clock.getDelayedCalls()
     Linger(clock, 0).start(quiet)  # --idle 0: no bound, no timer
     assert not clock.getDelayedCalls()
+
+
+def _stalledAndLeft(relay):
+    """A raw client: GET /stall, the head and the 64 KiB the origin sent read, then a FIN and close."""
+    s = ec.connect(relay.where, relay.tls)
+    try:
+        s.sendall(b"GET /stall HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = b""
+        while b"\r\n\r\n" not in got or len(got.partition(b"\r\n\r\n")[2]) < 65536:
+            data = s.recv(65536)
+            if not data:
+                break
+            got += data
+    finally:
+        ec.close(s, "fin")
+    head, _, body = got.partition(b"\r\n\r\n")
+    return head, len(body)
+
+
+@pytest.mark.parametrize("kind", HTTP_KINDS)
+def test_client_leaving_a_stalled_response(relays, kind):
+    """
+    Issue 13, item 1: the client gives up in the middle of a response
+    (curl --max-time, a closed tab, an SSE client leaving) while the origin
+    holds the rest back.  Nothing is written to the client, so its reset
+    never comes: the proxy ends the session once the response made no
+    progress for a second after the client's EOF, instead of keeping a
+    CLOSE-WAIT client and an ESTABLISHED origin until --idle.  The raw
+    twin runs whether curl is installed or not.
+    """
+    relay = relays["http", kind]
+    key = 'splicing_sessions_total{how="client-gone",relay="http"}'
+    gone, counted = relay.proc.text().count("client-gone"), ec.metric(relay.metrics, key) or 0
+    head, got = _stalledAndLeft(relay)
+    assert head.startswith(b"HTTP/1.1 200 ") and b"Content-Length: %d" % ec.BIG in head and got == 65536
+    relay.check("raw client leaving /stall")
+    if CURL is not None:
+        scheme = "https" if relay.tls is not None else "http"
+        url = "%s://%s:%d/stall" % ((scheme,) + relay.where)
+        done = subprocess.run([CURL, "-sk", "-o", os.devnull, "-w", "%{http_code} %{size_download}",
+                               "--max-time", "0.5", url], timeout=10, capture_output=True)
+        assert done.returncode == 28, (done.returncode, done.stdout, done.stderr)  # timed out mid-body
+        assert done.stdout.startswith(b"200 "), done.stdout
+        relay.check("curl leaving /stall")
+    if kind != "tls-listener":  # (a TLS client's EOF without close_notify fails its splice at once)
+        logged = relay.proc.text().count("client-gone") - gone
+        assert logged == (1 if CURL is None else 2) == ec.metric(relay.metrics, key) - counted
+
+
+@pytest.mark.parametrize("kind", [k for k in HTTP_KINDS if k != "tls-listener"])  # TLS has no half-close
+def test_half_closed_client_still_gets_its_answer(relays, kind):
+    """
+    A client that sends its request and half-closes (shutdown SHUT_WR) is
+    still answered: a prompt 4 MiB response arrives whole, and a slow one
+    that keeps moving (4 KiB each 20 ms) is not cut after the stall bound;
+    only a response that stops is.
+    """
+    from splicing.http.closing import HALF_CLOSED_STALL
+
+    relay = relays["http", kind]
+    s = ec.connect(relay.where)
+    try:
+        s.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)
+        got = procs.recv_all(s)
+    finally:
+        s.close()
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and len(body) == ec.BIG, (head, len(body))
+    s = ec.connect(relay.where)
+    try:
+        s.sendall(b"GET /trickle HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)
+        got, deadline = b"", time.monotonic() + 1.5 * HALF_CLOSED_STALL
+        while time.monotonic() < deadline:
+            data = s.recv(65536)
+            assert data, "the proxy closed a response that was moving, %d bytes in" % len(got)
+            got += data
+    finally:
+        ec.close(s, "rst")
+    assert len(got) > 65536 + 4096 * 20, len(got)
+    relay.check("half-closed clients")

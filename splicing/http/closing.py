@@ -6,7 +6,9 @@ A session ends by closing both connections.  A graceful close
 (C{loseConnection}) first flushes what the application wrote, which a peer
 that stopped reading never lets finish: L{Linger} resets what is still
 open after the session's idle timeout, so no socket outlives its session
-by more than that.
+by more than that.  A client that sent its EOF while a response is
+outstanding may have left: L{StallWatch} ends the session once that
+response stops moving (L{HALF_CLOSED_STALL}).
 """
 
 
@@ -72,3 +74,48 @@ class Linger:
         for t in self._transports:
             reset(t)
         self._transports = ()
+
+
+#: Seconds a response may make no progress after the client ended its side
+#: (EOF) before the session ends (C{client-gone}).  A FIN cannot tell a
+#: client that half-closed and still reads from one that closed and left
+#: (curl --max-time, a closed tab): while bytes move, the answer goes on; a
+#: client gone for good learns nothing of a stalled origin, and would hold
+#: both connections until --idle.  nginx ends such a session at once (499).
+HALF_CLOSED_STALL = 1.0
+
+
+class StallWatch:
+    """
+    Call C{callback()} once C{progress()} has not changed for C{timeout}
+    seconds (looked at every quarter of it), unless L{cancel}led first.
+    """
+
+    def __init__(self, reactor, timeout, progress, callback):
+        self.reactor = reactor
+        self.timeout = timeout
+        self.progress = progress
+        self.callback = callback
+        self._call = None
+        self._last = self._since = None
+
+    def start(self):
+        if self._call is not None or not self.timeout:
+            return
+        self._last, self._since = self.progress(), self.reactor.seconds()
+        self._call = self.reactor.callLater(self.timeout / 4.0, self._check)
+
+    def cancel(self):
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _check(self):
+        self._call = None
+        now, progress = self.reactor.seconds(), self.progress()
+        if progress != self._last:
+            self._last, self._since = progress, now
+        elif now - self._since >= self.timeout:
+            self.callback()
+            return
+        self._call = self.reactor.callLater(min(self.timeout / 4.0, self._since + self.timeout - now), self._check)

@@ -21,7 +21,7 @@ from splicing.relay.access import AllowList, formatAddress
 from splicing.relay.balance import BalancedEndpoint, NoBackendError, connectFrom
 from splicing.relay.events import connectFailure, connectionFailure, plural
 from splicing.core.endpoint import noDelay, shutWrite
-from splicing.http.closing import Linger, isOpen, reset, writesPending
+from splicing.http.closing import HALF_CLOSED_STALL, Linger, StallWatch, isOpen, reset, writesPending
 from splicing.http.deadline import Deadline
 from splicing.http.errors import HTTPError
 from splicing.http.flow import CHUNKED, DONE, HEAD, LENGTH, UNTIL_EOF, Flow
@@ -83,6 +83,8 @@ class HTTPProxyProtocol(Protocol):
 
     log = Logger()
     why = None  # why the session failed, in words (the log event's "why")
+    #: seconds a response may stall once the client ended its side (see L{_clientEnded})
+    halfClosedStall = HALF_CLOSED_STALL
 
     def connectionMade(self):
         self.ended = False
@@ -114,6 +116,7 @@ class HTTPProxyProtocol(Protocol):
         self._headTimer.start()
         self._backendTimer = Deadline(f.reactor, f.backendTimeout, self._backendTimeout)
         self._idleTimer = None
+        self._clientGone = StallWatch(f.reactor, self.halfClosedStall, self._moved, self._clientGoneStall)
         self._lastMoved, self._lastMove = 0, self.started
         if f.idle:
             self._idleTimer = f.reactor.callLater(f.idle / 4.0, self._idleCheck)
@@ -159,11 +162,32 @@ class HTTPProxyProtocol(Protocol):
         if self.requests.state in (LENGTH, CHUNKED):
             self._requestCut()
             return
+        tunnel = self.requests.state == UNTIL_EOF
         self.requests.stop()
         if not self.pending and self.backend is not None:
             self.backend.transport.loseConnection()
         if not self.pending:
             self.close("client-eof")
+        elif not tunnel:
+            self._clientEnded()
+
+    def _clientEnded(self):
+        """
+        The client's EOF came with responses outstanding.  A client that
+        half-closed reads on, so they are still forwarded; but one that
+        closed and left (curl --max-time, a closed tab, an SSE client
+        gone) is only found out by writing to it, which a stalled origin
+        never makes us do: once the responses make no progress for
+        L{halfClosedStall} seconds, the session ends (C{client-gone}).
+        """
+        self._clientGone.start()
+
+    def _clientGoneStall(self):
+        if self.ended:
+            return
+        self.why = "the client ended its side and the response made no progress for %g s" % (
+            self.halfClosedStall,)
+        self._cut("client-gone")
 
     def writeConnectionLost(self):
         pass
@@ -459,6 +483,7 @@ class HTTPProxyProtocol(Protocol):
 
     def _cancelTimers(self):
         self._headTimer.cancel()
+        self._clientGone.cancel()
         self._backendTimer.cancel()
         if self._idleTimer is not None and self._idleTimer.active():
             self._idleTimer.cancel()
