@@ -113,6 +113,24 @@ def test_address_in_use_exits_non_zero():
     assert "cannot listen on tcp:%d" % port in output
 
 
+def test_udp_address_in_use_exits_non_zero_without_a_traceback():
+    """The UDP relay says so in one line too (its port binds inside startService, not through an endpoint)."""
+    import socket
+
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    busy.bind(("127.0.0.1", 0))
+    try:
+        port = busy.getsockname()[1]
+        status, output = procs.run_twistd(["udp", "--listen", "udp:%d:interface=127.0.0.1" % port,
+                                           "--connect", "udp:host=127.0.0.1:port=9"])
+    finally:
+        busy.close()
+    assert status == 1, output
+    assert "cannot listen on udp:%d:interface=127.0.0.1: " % port in output, output
+    assert "Address already in use" in output
+    assert "Traceback" not in output, output
+
+
 def test_missing_config_file(results):
     status, output = results[("config", "missing")]
     assert status != 0

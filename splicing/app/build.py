@@ -7,9 +7,11 @@ runs.
 """
 
 from twisted.internet import endpoints
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
 
 from splicing.app.demo import DemoOrigin
-from splicing.app.service import RelayService
+from splicing.app.service import RelayService, cannotListen
 from splicing.http.proxy import HTTPProxyFactory
 from splicing.http.rules import parseRules, shorthandRules
 from splicing.relay.balance import BalancedEndpoint, Balancer, Target, clientFromString
@@ -140,9 +142,25 @@ def _httpService(spec, metrics, reactor):
     return _relayService(spec, factory, origin, "curl http://{host}:{port}/", reactor)
 
 
+class _UDPRelay(UDPRelayService):
+    """The UDP relay as twistd runs it: a port that cannot listen stops the process, as a TCP relay's does."""
+
+    log = Logger()
+
+    def __init__(self, spec, **kwargs):
+        UDPRelayService.__init__(self, spec.listen[0], spec.connect[0], **kwargs)
+        self.description = spec.listen[0]
+
+    def startService(self):
+        try:
+            UDPRelayService.startService(self)
+        except CannotListenError as e:
+            cannotListen(self.log, self.reactor, self.description, str(e))
+
+
 def _udpService(spec, metrics, reactor):
-    return UDPRelayService(spec.listen[0], spec.connect[0], idle=spec.options["idle"],
-                           maxSessions=spec.options["max-sessions"], reactor=reactor, name=spec.name, metrics=metrics)
+    return _UDPRelay(spec, idle=spec.options["idle"], maxSessions=spec.options["max-sessions"], reactor=reactor,
+                     name=spec.name, metrics=metrics)
 
 
 #: The relay kinds: kind -> builder (spec, metrics, reactor) -> IService.

@@ -43,6 +43,23 @@ def exitWithFailure():
         atexit.register(_exitNow)
 
 
+def cannotListen(log, reactor, description, error):
+    """
+    A relay could not listen on C{description}: one critical line, then the
+    process stops with status 1 (a relay missing an address is a
+    misconfiguration, not a degraded mode).
+    """
+    log.critical("cannot listen on {description}: {error}", description=description, error=error)
+    exitWithFailure()
+    # from the loop, which may not be running yet (failures at start-up)
+    reactor.callLater(0, _stopReactor, reactor)
+
+
+def _stopReactor(reactor):
+    if reactor.running:
+        reactor.stop()
+
+
 class ListeningService(service.MultiService):
     """
     Listens on server endpoint strings with one factory; children (helper
@@ -92,15 +109,7 @@ class ListeningService(service.MultiService):
         """A port is listening (a hook)."""
 
     def _failed(self, reason, description):
-        self.log.critical("cannot listen on {description}: {error}", description=description,
-                          error=reason.getErrorMessage())
-        exitWithFailure()
-        # from the loop, which may not be running yet (failures at start-up)
-        self.reactor.callLater(0, self._stopReactor)
-
-    def _stopReactor(self):
-        if self.reactor.running:
-            self.reactor.stop()
+        cannotListen(self.log, self.reactor, description, reason.getErrorMessage())
 
     def stopListening(self):
         """Close the ports; a Deferred that fires when they are closed."""
@@ -294,4 +303,4 @@ def relaysService(config, build, load=None, reactor=None):
 
 
 __all__ = ["ListeningService", "RelayService", "ConfigService", "MetricsService", "relaysService",
-           "exitWithFailure", "onSIGHUP"]
+           "cannotListen", "exitWithFailure", "onSIGHUP"]
