@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from splicing.relay import proxyheader
+from splicing.relay.admission import Admission
 from splicing.relay.access import AllowList, formatAddress
 from splicing.relay.balance import BalancedEndpoint, NoBackendError, connectFrom
 from splicing.relay.events import connectFailure, connectionFailure, plural
@@ -582,7 +583,7 @@ class HTTPProxyProtocol(Protocol):
 
 
 @implementer(IProtocolNegotiationFactory)
-class HTTPProxyFactory(Factory):
+class HTTPProxyFactory(Admission, Factory):
     """
     Makes L{HTTPProxyProtocol}s.  Over TLS it selects ALPN C{http/1.1}
     (L{splicing.relay.alpn}): a client that offers h2 too speaks HTTP/1.1 here.
@@ -658,22 +659,8 @@ class HTTPProxyFactory(Factory):
         self.report("connectFailed", target.name)
 
     def rejected(self, protocol, why):
-        """A C{haproxy:} listener dropped C{protocol}'s client: no valid PROXY header."""
-        protocol.why = why
-        self.log.warn("dropped {client}: {why}", client=formatAddress(protocol.transport.getPeer()), why=why,
-                      relay=self.name)
-        self.report("refused", "proxy-header")
-
-    def admit(self, protocol):
-        """Start C{protocol}'s session now or when a slot frees; refuse disallowed clients."""
-        peer = protocol.transport.getPeer()
-        if not self.allow.allows(peer):
-            self.log.warn("refused {client}: not in --allow", client=formatAddress(peer), relay=self.name)
-            self.report("refused", "allow")
-            protocol.ended = True
-            protocol.transport.abortConnection()
-            return
-        self.table.admit(protocol)
+        protocol.why = why  # its session line says why
+        Admission.rejected(self, protocol, why)
 
     def backends(self):
         """The balanced targets of every group, with their state (for status pages and metrics)."""

@@ -19,6 +19,7 @@ from zope.interface import implementer
 
 from splicing.relay import proxyheader
 from splicing.relay.accepting import exhaustionErrno
+from splicing.relay.admission import Admission
 from splicing.relay.access import AllowList, formatAddress
 from splicing.relay.balance import Balancer, NoBackendError, Target
 from splicing.relay.autosplice import autoSpliceOrCopy
@@ -28,6 +29,7 @@ from splicing.relay.idle import IdleSweep
 from splicing.core.endpoint import noDelay, shutWrite
 from splicing.core.errors import SpliceError
 from splicing.core.result import Reason
+from splicing.relay.report import Reporter
 from splicing.relay.sessions import SessionTable
 
 
@@ -187,7 +189,7 @@ class RelayProtocol(Protocol):
             return
         self._why = connectFailure(reason, self.factory.balancer.timeout)  # said by the session's event
         if reason.check(NoBackendError):
-            self.factory._observe("refused", "backends-down")
+            self.factory.report("refused", "backends-down")
             self._close("backends-down")  # at once: no client waits for a backend known dead
         else:
             self._close("connect-failed")
@@ -427,7 +429,7 @@ def _flattened(stats, out, back):
             "how!s:": str(stats["how"]), "why!s:": str(stats["why"])}
 
 
-class RelayFactory(Factory):
+class RelayFactory(Admission, Factory):
     """
     Makes L{RelayProtocol}s relaying to C{endpoints} in turn.
 
@@ -471,29 +473,11 @@ class RelayFactory(Factory):
         self.sendProxy = sendProxy
         self.allow = allow if isinstance(allow, AllowList) else AllowList(allow)
         self.table = SessionTable(maxSessions)
-        if metrics is not None:
-            metrics.watch(name, self.table)
-
-    def admit(self, protocol):
-        """Start C{protocol}'s session now, or when a slot frees (refuse disallowed clients)."""
-        peer = protocol.transport.getPeer()
-        if not self.allow.allows(peer):
-            self.log.warn("refused {client}: not in --allow", client=formatAddress(peer), relay=self.name)
-            self._observe("refused", "allow")
-            protocol.ended = True
-            protocol.transport.abortConnection()
-            return
-        self.table.admit(protocol)
+        self.report = Reporter(metrics, name, self.table)
 
     def backends(self):
         """The L{splicing.relay.balance.Target}s, with their state (for status pages and metrics)."""
         return list(self.balancer.targets)
-
-    def rejected(self, protocol, why):
-        """A C{haproxy:} listener dropped C{protocol}'s client: no valid PROXY header."""
-        self.log.warn("dropped {client}: {why}", client=formatAddress(protocol.transport.getPeer()), why=why,
-                      relay=self.name)
-        self._observe("refused", "proxy-header")
 
     def connectBackend(self, factory, endpoint=None, client=None):
         """A Deferred (protocol, target): C{endpoint}, or the targets' choice for C{client}."""
@@ -505,7 +489,7 @@ class RelayFactory(Factory):
     def _connectFailed(self, target, failure):
         self.log.warn("backend {target} failed: {error}", target=target.name,
                       error=connectFailure(failure, self.balancer.timeout), relay=self.name)
-        self._observe("connectFailed", target.name)
+        self.report("connectFailed", target.name)
 
     def sessionFinished(self, protocol, stats):
         out, back = plural(stats["bytes_out"], "byte"), plural(stats["bytes_in"], "byte")
@@ -516,15 +500,11 @@ class RelayFactory(Factory):
             log_flattened=_flattened(stats, out, back),
             **stats,
         )
-        self._observe("sessionEnded", stats)
+        self.report("sessionEnded", stats)
         self.table.release(protocol)
 
     def forget(self, protocol):
         self.table.release(protocol)
-
-    def _observe(self, method, *args):
-        if self.metrics is not None:
-            getattr(self.metrics, method)(self.name, *args)
 
 
 __all__ = ["RelayProtocol", "RelayFactory", "BackendProtocol", "formatAddress"]
