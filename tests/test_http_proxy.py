@@ -25,6 +25,7 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
 import harness
+import procs
 from httpharness import (
     MiB, Conn, Proxy, RawOrigin, ThreadedOrigin, WebOrigin, blob, canned, chunked_body, download,
     in_thread, one_response, parse_responses, raw, request_bytes, sha, treq_request, unused_port,
@@ -1114,12 +1115,7 @@ async def test_bodies_in_hand_over_ipv6(net):
         s = socket.create_connection(("::1", proxy6.getHost().port), timeout=10)
         try:
             s.sendall(req)
-            out = b""
-            while True:
-                b = s.recv(65536)
-                if not b:
-                    return out
-                out += b
+            return procs.recv_all(s)
         finally:
             s.close()
 
@@ -1238,12 +1234,7 @@ async def test_pipelined_requests_in_hand_one_write(net, monkeypatch):
                 got += s.recv(65536)
             del sent[:]  # the backend is connected now: what follows is one read event's
             s.sendall(batch)
-            out = b""
-            while True:
-                b = s.recv(65536)
-                if not b:
-                    return out
-                out += b
+            return procs.recv_all(s)
         finally:
             s.close()
 
