@@ -24,6 +24,7 @@ from splicing import paths
 from splicing.core.endpoint import describe
 from splicing.core.errors import SpliceError
 from splicing.core.result import Reason, SpliceResult
+from splicing.core.takeover import writeNow
 from splicing.relay.fallback import CopyDirection, spliceOn, spliceOrCopy
 
 #: A read this long filled Twisted's read buffer (C{abstract.FileDescriptor.bufferSize}): bulk.
@@ -59,26 +60,6 @@ def autoSpliceOrCopy(source, drain, path):
     return AutoDirection(source, drain, path, planned)
 
 
-def _write(transport, data):
-    """
-    C{transport.write(data)}, but sent at once when nothing waits in its
-    buffer: Twisted's write only buffers and registers for writability, so
-    a relayed message would wait for the next reactor turn and cost two
-    C{epoll_ctl} calls more than its one C{send}.  What the socket does not
-    take now goes through Twisted's buffer (and its flow control).
-    """
-    if (transport.connected and not transport._writeDisconnected and not transport.disconnecting
-            and not transport._tempDataBuffer and len(transport.dataBuffer) == transport.offset):
-        try:
-            sent = transport.socket.send(data)
-        except OSError:
-            sent = 0  # EAGAIN; or an error, which Twisted's own write then meets and reports
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport.write(data)
-
-
 class AutoDirection(CopyDirection):
     """
     Copies until a read fills the buffer, then splices (see the module).
@@ -105,7 +86,7 @@ class AutoDirection(CopyDirection):
 
     def moved(self, data):
         self.copied += len(data)
-        _write(self.drain, data)
+        writeNow(self.drain, data)  # one send now when nothing waits before it
         if (len(data) >= BULK or self.copied >= COPY_AT_MOST) and self.copying and self.path is not None:
             self._spliceTheRest()
 

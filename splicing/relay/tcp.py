@@ -457,7 +457,6 @@ class RelayFactory(Admission, Factory):
             from twisted.internet import reactor
         self.reactor = reactor
         self.name = name
-        self.metrics = metrics
         if isinstance(endpoints, Balancer):
             self.balancer = endpoints
         else:
