@@ -17,14 +17,19 @@ class Admission:
 
     def admit(self, protocol):
         """Start C{protocol}'s session now, or when a slot frees (refuse disallowed clients)."""
-        peer = protocol.transport.getPeer()
-        if not self.allow.allows(peer):
-            self.log.warn("refused {client}: not in --allow", client=formatAddress(peer), relay=self.name)
-            self.report("refused", "allow")
+        if not self.allows(protocol.transport.getPeer()):
             protocol.ended = True
             protocol.transport.abortConnection()
             return
         self.table.admit(protocol)
+
+    def allows(self, peer):
+        """Whether C{--allow} lets C{peer} in; a refusal is logged and counted here."""
+        if self.allow.allows(peer):
+            return True
+        self.log.warn("refused {client}: not in --allow", client=formatAddress(peer), relay=self.name)
+        self.report("refused", "allow")
+        return False
 
     def rejected(self, protocol, why):
         """A C{haproxy:} listener dropped C{protocol}'s client: no valid PROXY header."""

@@ -192,7 +192,7 @@ class Balancer:
         when all fail, with L{NoBackendError} at once when every target is
         out of rotation.  C{client} (an address) is what source-hash hashes.
         """
-        if self.targets and not any(t.up for t in self.targets):
+        if self.allDown():
             return defer.fail(NoBackendError())
         return self._attempt(self.order(client), factory, None)
 
@@ -207,7 +207,7 @@ class Balancer:
             d.addTimeout(self.timeout, self.reactor)
 
         def ok(protocol):
-            target.downUntil = 0.0
+            self.reached(target)
             target.opened(protocol)
             return protocol, target
 
@@ -216,14 +216,29 @@ class Balancer:
                 # Our own descriptors ran out, not the target: holding it
                 # off or trying the others would only spread the blame.
                 return f
-            target.downUntil = self.reactor.seconds() + self.holdoff
-            target.connectErrors += 1
-            target.why = f.getErrorMessage()
-            if self.onFailure is not None:
-                self.onFailure(target, f)
+            self.missed(target, f)
             return self._attempt(remaining[1:], factory, f)
 
         return d.addCallbacks(ok, failed)
+
+    def allDown(self):
+        """Whether every target is out of rotation (its health check failed)."""
+        for t in self.targets:
+            if t.up:
+                return False
+        return bool(self.targets)
+
+    def reached(self, target):
+        """A connect to C{target} succeeded: it is no longer held off."""
+        target.downUntil = 0.0
+
+    def missed(self, target, failure):
+        """A connect to C{target} failed with C{failure}: hold it off, count it, say why."""
+        target.downUntil = self.reactor.seconds() + self.holdoff
+        target.connectErrors += 1
+        target.why = failure.getErrorMessage()
+        if self.onFailure is not None:
+            self.onFailure(target, failure)
 
 
 @implementer(IStreamClientEndpoint)

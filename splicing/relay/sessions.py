@@ -34,6 +34,7 @@ class SessionTable:
         self.ports = []
         self.accepting = True
         self._empty = []
+        self._paused = None  # what the ports were last told (None: nothing yet)
 
     def __len__(self):
         return len(self.active)
@@ -68,9 +69,15 @@ class SessionTable:
             for d in empty:
                 d.callback(None)
 
-    def _steer(self):
-        """Pause the ports when full or short of descriptors, resume them when neither."""
+    def _steer(self, force=False):
+        """
+        Pause the ports when full or short of descriptors, resume them when
+        neither: only when that changes (it is asked at every admit and release).
+        """
         pause = self.full or not self.accepting or self.guard.paused
+        if pause == self._paused and not force:
+            return
+        self._paused = pause
         for port in self.ports:
             if pause:
                 port.stopReading()
@@ -81,7 +88,7 @@ class SessionTable:
         self.ports.append(port)
         self.guard.subscribe(self)
         self.guard.watch(port)
-        self._steer()
+        self._steer(force=True)
 
     def removePort(self, port):
         if port in self.ports:
