@@ -165,6 +165,13 @@ class Backend:
         finally:
             sock.close()
 
+    def last(self, timeout=TIMEOUT):
+        """The newest record, waiting for it: a handler records once it saw EOF, which may be after the relay logged."""
+        deadline = time.monotonic() + timeout
+        while not self.records and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.records[-1]
+
     def close(self):
         self._stop = True
         self._main.join(TIMEOUT)

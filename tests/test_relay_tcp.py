@@ -253,7 +253,7 @@ def test_server_half_close(many, backends):
     s.close()
     out, back, _, how = wait_session(relay, name)
     assert (out, back, how) == (len(data), 23, "eof")
-    assert sha256(backends["greet"].records[-1]) == sha256(data)
+    assert sha256(backends["greet"].last()) == sha256(data)
 
 
 @pytest.mark.parametrize("relay_name,backend", [("v4to6", "hash6"), ("v6to4", "hash4")])

@@ -142,6 +142,9 @@ class RelayService(ListeningService):
         self.shutdownTimeout = shutdownTimeout
 
     def portListening(self, port):
+        adopt = getattr(self.factory, "portListening", None)
+        if adopt is not None:
+            adopt(port)  # (the TCP relay's lean sessions)
         self.factory.table.addPort(port)
         address = port.getHost()
         if getattr(address, "port", None) is not None:

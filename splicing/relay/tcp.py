@@ -23,9 +23,10 @@ from splicing.relay.admission import Admission
 from splicing.relay.access import AllowList, formatAddress
 from splicing.relay.balance import Balancer, NoBackendError, Target
 from splicing.relay.autosplice import autoSpliceOrCopy
-from splicing.relay.events import connectFailure, connectionFailure, plural
+from splicing.relay.events import connectFailure, connectionFailure, endedLine, plural
 from splicing.relay.fallback import CopyDirection
 from splicing.relay.idle import IdleSweep
+from splicing.relay import lean
 from splicing.core.endpoint import noDelay, shutWrite
 from splicing.core.errors import SpliceError
 from splicing.core.result import Reason
@@ -413,22 +414,6 @@ class RelayProtocol(Protocol):
         self._release()
 
 
-_ENDED = "session ended: {client} -> {backend}: {bytes_out_text} out, {bytes_in_text} in, {duration:.3f}s, {path}, {how}"
-_ENDED_WHY = _ENDED + ": {why}"
-
-
-def _flattened(stats, out, back):
-    """
-    The session event's fields already formatted, as twisted.logger's
-    C{flattenEvent} would key them: a text observer then joins strings
-    instead of running C{string.Formatter} over eight fields (it was a
-    sixth of a short session's CPU).  The fields themselves stay in the event.
-    """
-    return {"client!s:": stats["client"], "backend!s:": str(stats["backend"]), "bytes_out_text!s:": out,
-            "bytes_in_text!s:": back, "duration!s:.3f": "%.3f" % stats["duration"], "path!s:": str(stats["path"]),
-            "how!s:": str(stats["how"]), "why!s:": str(stats["why"])}
-
-
 class RelayFactory(Admission, Factory):
     """
     Makes L{RelayProtocol}s relaying to C{endpoints} in turn.
@@ -474,6 +459,22 @@ class RelayFactory(Admission, Factory):
         self.table = SessionTable(maxSessions)
         self.report = Reporter(metrics, name, self.table)
 
+    #: Serve plain TCP ports through lean sessions (L{splicing.relay.lean}) when
+    #: nothing needs Twisted's transports; False keeps every session a L{RelayProtocol}.
+    leanSessions = True
+
+    def portListening(self, port):
+        """
+        C{port} (listening with this factory) is ready: serve it with lean
+        sessions when the stock protocol runs and nothing else needs
+        transports (L{splicing.relay.lean.servable}).  True if so.
+        """
+        if (self.leanSessions and self.protocol is RelayProtocol
+                and type(self).buildProtocol is Factory.buildProtocol and lean.servable(self, port)):
+            lean.LeanListener(self, port)
+            return True
+        return False
+
     def backends(self):
         """The L{splicing.relay.balance.Target}s, with their state (for status pages and metrics)."""
         return list(self.balancer.targets)
@@ -492,13 +493,7 @@ class RelayFactory(Admission, Factory):
 
     def sessionFinished(self, protocol, stats):
         out, back = plural(stats["bytes_out"], "byte"), plural(stats["bytes_in"], "byte")
-        self.log.info(
-            _ENDED_WHY if stats["why"] else _ENDED,
-            bytes_out_text=out,
-            bytes_in_text=back,
-            log_flattened=_flattened(stats, out, back),
-            **stats,
-        )
+        self.log.info(endedLine(stats, out, back), bytes_out_text=out, bytes_in_text=back, **stats)
         self.report("sessionEnded", stats)
         self.table.release(protocol)
 

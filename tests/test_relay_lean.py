@@ -1,0 +1,206 @@
+"""
+The TCP relay's lean sessions (L{splicing.relay.lean}) in-process: which
+ports get them, and on them what a user relies on: every byte both ways in
+order and counted (copied and spliced, IPv4, IPv6 and across), failover past a refusing backend, a clean refusal when none
+answers, idle timeouts that reset, the session cap, and nothing left
+behind (sockets, pipes, epoll entries, the backend's session count).  The
+twistd-level tests of the TCP relay (half-close, PROXY-less configs,
+metrics, early closes) run on lean sessions too.
+"""
+
+import hashlib
+import os
+import socket
+
+import pytest
+import pytest_twisted
+from twisted.internet import endpoints, protocol, reactor, task
+
+from harness import HOSTS, Peer, PeerCfg, wait, wait_until
+from splicing.paths.kernel import pipePool
+from splicing.relay.idle import DeadlineSweep
+from splicing.relay.leanloop import sessionLoop
+from splicing.relay.tcp import RelayFactory, RelayProtocol
+
+
+@pytest.fixture(scope="module", autouse=True)
+def loop():
+    """The process's session loop: one epoll descriptor for good, made before any test counts descriptors."""
+    return sessionLoop(reactor)
+
+
+class Recording(RelayFactory):
+    """Keeps each session's statistics (the log event's fields)."""
+
+    def __init__(self, *a, **kw):
+        RelayFactory.__init__(self, *a, **kw)
+        self.ended = []
+
+    def sessionFinished(self, session, stats):
+        RelayFactory.sessionFinished(self, session, stats)
+        self.ended.append(stats)
+
+
+def endpoint(family, port):
+    kind = endpoints.TCP4ClientEndpoint if family == 4 else endpoints.TCP6ClientEndpoint
+    return kind(reactor, HOSTS[family], port, timeout=5)
+
+
+def relay(net, request, targets, family=4, **kw):
+    """A lean relay listening on C{family}'s loopback, relaying to C{targets} ((family, port) pairs)."""
+    factory = Recording([endpoint(f, p) for f, p in targets], reactor=reactor, **kw)
+    port = net.listen(factory, family)
+    assert factory.portListening(port), "a plain TCP port with TCP targets is served lean"
+    factory.table.addPort(port)
+    request.addfinalizer(lambda: factory.table.removePort(port))
+    return factory, port
+
+
+def server(net, family, cfg):
+    """A listening Peer; C{made} gets each server-side Peer."""
+    made = []
+
+    def build():
+        made.append(Peer(net, "server", cfg))
+        return made[-1]
+
+    port = net.listen(protocol.Factory.forProtocol(build), family)
+    return port, made
+
+
+async def client(net, family, port, cfg):
+    peer = Peer(net, "client", cfg)
+    await endpoints.connectProtocol(endpoint(family, port.getHost().port), peer)
+    return peer
+
+
+def md5(data):
+    return hashlib.md5(data).hexdigest()
+
+
+async def settled(factory, loop):
+    """Wait until the relay holds nothing: no session, no pipe borrowed, no descriptor watched."""
+    await wait_until(lambda: len(factory.table) == 0 and not loop.handlers and pipePool().inUse == 0,
+                     what="the relay to let go of everything")
+    assert all(t.sessions == 0 for t in factory.balancer.targets)
+
+
+def test_which_ports_get_lean_sessions(net, tmp_path):
+    factory = RelayFactory([endpoint(4, 9)], reactor=reactor)
+    port = net.listen(factory)
+    assert factory.portListening(port)
+
+    class Hooked(RelayProtocol):
+        def chooseEndpoint(self, header):
+            return None
+
+    def served(**kw):
+        targets = kw.pop("targets", [endpoint(4, 9)])
+        f = RelayFactory(targets, reactor=reactor, **kw)
+        p = net.listen(f)
+        return f, p
+
+    for kw in [dict(sendProxy="v1"), dict(backendPath="kernel"), dict(backendPath="transport"),
+               dict(targets=[endpoints.HostnameEndpoint(reactor, "localhost", 9)])]:
+        f, p = served(**kw)
+        assert not f.portListening(p), kw
+    f, p = served()
+    f.protocol = Hooked  # an application's hooks need the transport-based session
+    assert not f.portListening(p)
+    f, p = served()
+    f.leanSessions = False
+    assert not f.portListening(p)
+    f = RelayFactory([endpoint(4, 9)], reactor=reactor)
+    unix = reactor.listenUNIX(str(tmp_path / "s"), f)
+    net.ports.append(unix)
+    assert not f.portListening(unix)
+
+
+@pytest.mark.parametrize("fam_in,fam_out", [(4, 4), (6, 6), (4, 6)])
+@pytest.mark.parametrize("sizes", [(1024, 700), (3_000_000, 2_000_001)], ids=["small", "bulk"])
+@pytest_twisted.ensureDeferred
+async def test_every_byte_both_ways_counted(net, request, loop, fam_in, fam_out, sizes):
+    up, down = os.urandom(sizes[0]), os.urandom(sizes[1])
+    sport, servers = server(net, fam_out, PeerCfg(data=down))
+    factory, port = relay(net, request, [(fam_out, sport.getHost().port)], family=fam_in)
+    c = await client(net, fam_in, port, PeerCfg(data=up))
+    local = c.transport.getHost().port
+    await wait(c.lost, what="the client's end")
+    await wait(servers[0].lost, what="the server's end")
+    assert (c.nbytes, c.md5()) == (len(down), md5(down))
+    assert (servers[0].nbytes, servers[0].md5()) == (len(up), md5(up))
+    assert c.clean_close() and servers[0].clean_close()
+    await settled(factory, loop)
+    (stats,) = factory.ended
+    assert (stats["bytes_out"], stats["bytes_in"], stats["how"], stats["path"]) == (len(up), len(down), "eof", "kernel")
+    if sizes[0] < 65536:
+        assert stats["copied"] == len(up) + len(down)  # a request and its answer never take a pipe
+    else:
+        assert 0 < stats["copied"] <= 2 * 65536  # bulk is spliced after at most 64 KiB each way
+    host = HOSTS[fam_in]
+    assert stats["client"] == ("[%s]:%d" if fam_in == 6 else "%s:%d") % (host, local)
+    assert stats["backend"] == ("[%s]:%d" if fam_out == 6 else "%s:%d") % (HOSTS[fam_out], sport.getHost().port)
+
+
+@pytest_twisted.ensureDeferred
+async def test_failover_then_refusal(net, request, loop):
+    refusing = socket.socket()
+    refusing.bind(("127.0.0.1", 0))  # bound, never listening: connects are refused
+    dead = refusing.getsockname()[1]
+    sport, servers = server(net, 4, PeerCfg(data=b"pong"))
+    factory, port = relay(net, request, [(4, dead), (4, sport.getHost().port)])
+    c = await client(net, 4, port, PeerCfg(data=b"ping"))
+    await wait(c.lost, what="the client's end")
+    assert bytes(c.received) == b"pong"
+    first, second = factory.balancer.targets
+    assert first.connectErrors == 1 and first.downUntil > reactor.seconds() and second.connectErrors == 0
+
+    alone, port2 = relay(net, request, [(4, dead)])
+    c = await client(net, 4, port2, PeerCfg(data=b"ping"))
+    await wait(c.lost, what="the client's end")
+    refusing.close()
+    assert c.clean_close(), "refused: the client's connection is closed, not reset"
+    (stats,) = alone.ended
+    assert (stats["how"], stats["why"], stats["backend"], stats["path"]) == (
+        "connect-failed", "connection refused", None, None)
+    await settled(factory, loop)
+    await settled(alone, loop)
+
+
+@pytest_twisted.ensureDeferred
+async def test_idle_session_is_reset_and_cap_admits_the_next(net, request, loop):
+    sport, servers = server(net, 4, PeerCfg(data=b"x", half_close=False))
+    factory, port = relay(net, request, [(4, sport.getHost().port)], idle=0.4, maxSessions=1)
+    first = await client(net, 4, port, PeerCfg(data=b"y", half_close=False))
+    second = await client(net, 4, port, PeerCfg(data=b"z", half_close=False))
+    await wait_until(lambda: len(servers) == 1, what="the first session")
+    await task.deferLater(reactor, 0.1)
+    assert len(servers) == 1, "the second client waits (in the backlog) for a slot"
+    await wait(first.lost, timeout=5, what="the idle timeout")
+    assert not first.clean_close(), "an idle session is reset"
+    await wait_until(lambda: len(servers) == 2, what="the second session to begin")
+    await wait(second.lost, timeout=5, what="the second idle timeout")
+    assert [s["how"] for s in factory.ended] == ["idle", "idle"]
+    assert all(0.4 <= s["duration"] < 2.0 for s in factory.ended[:1])
+    await settled(factory, loop)
+
+
+def test_deadline_sweep():
+    clock = task.Clock()
+    sweep = DeadlineSweep(clock, tick=0.5)
+    fired = []
+    sweep.add("a", 1.0, lambda: fired.append("a"))
+    sweep.add("b", 1.0, lambda: fired.append("b"))
+    sweep.add("c", 2.0, lambda: fired.append("c"))
+    sweep.discard("b")
+    clock.advance(0.5)
+    assert fired == []
+    clock.advance(0.5)
+    assert fired == ["a"]
+    clock.advance(1.0)
+    assert fired == ["a", "c"]
+    clock.advance(0.5)
+    assert not clock.getDelayedCalls(), "with nothing left the timer lapses"
+    sweep.add("d", 0.1, lambda: fired.append("d"))
+    clock.advance(0.5)
+    assert fired == ["a", "c", "d"]
