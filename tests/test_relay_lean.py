@@ -46,10 +46,10 @@ def endpoint(family, port):
     return kind(reactor, HOSTS[family], port, timeout=5)
 
 
-def relay(net, request, targets, family=4, **kw):
+def relay(net, request, targets, family=4, sndbuf=None, **kw):
     """A lean relay listening on C{family}'s loopback, relaying to C{targets} ((family, port) pairs)."""
     factory = Recording([endpoint(f, p) for f, p in targets], reactor=reactor, **kw)
-    port = net.listen(factory, family)
+    port = net.listen(factory, family, sndbuf=sndbuf)  # (accepted sockets inherit the buffer size)
     assert factory.portListening(port), "a plain TCP port with TCP targets is served lean"
     factory.table.addPort(port)
     request.addfinalizer(lambda: factory.table.removePort(port))
@@ -204,3 +204,23 @@ def test_deadline_sweep():
     sweep.add("d", 0.1, lambda: fired.append("d"))
     clock.advance(0.5)
     assert fired == ["a", "c", "d"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_directions_wait_their_turn_for_a_pipe(net, request, loop, monkeypatch):
+    """One pipe for four bulk directions: each waits for it, none loses or reorders a byte."""
+    pool = pipePool()
+    pool.clear()
+    monkeypatch.setattr(pool, "limit", 1)
+    sport, servers = server(net, 4, PeerCfg(data=os.urandom(1_500_000)))
+    factory, port = relay(net, request, [(4, sport.getHost().port)], sndbuf=32768)
+    ups = [os.urandom(1_200_000 + i) for i in range(2)]
+    # Clients that read late: an answer stalls in the pipe, and the other directions must wait for it.
+    clients = [await client(net, 4, port, PeerCfg(data=up, read_delay=0.3, rcvbuf=65536)) for up in ups]
+    for c in clients:
+        await wait(c.lost, what="a client's end")
+    await wait_until(lambda: len(servers) == 2 and all(s.lost_at for s in servers), what="the servers' ends")
+    assert sorted(s.md5() for s in servers) == sorted(md5(up) for up in ups)
+    assert all(c.nbytes == 1_500_000 for c in clients)
+    await settled(factory, loop)
+    assert sorted(s["bytes_out"] for s in factory.ended) == [len(up) for up in ups]

@@ -329,8 +329,11 @@ class LeanSession:
     def _quiet(self, which, events):
         """
         An error or hang-up on a socket neither direction reads or writes
-        now (epoll reports those unasked): a pending error fails the
-        session; a socket shut both ways is watched no more.
+        now (epoll reports those unasked, and again on every turn): a
+        pending error fails the session; otherwise the socket leaves the
+        epoll until a direction needs it again (L{rewatch}).  A hang-up may
+        leave bytes unread (a direction waiting for a pipe, or for its drain):
+        they are read once it is back.
         """
         sock = self.client if which == 0 else self.backend
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -347,10 +350,17 @@ class LeanSession:
         out, back, masks = self.out, self.back, self._masks
         want = ((IN if out.wantsRead() else 0) | (OUT if back.wantsWrite() else 0),
                 (IN if back.wantsRead() else 0) | (OUT if out.wantsWrite() else 0))
-        for which, sock in ((0, self.client), (1, self.backend)):
-            if masks[which] is not None and masks[which] != want[which]:
+        for which in (0, 1):
+            if masks[which] == want[which]:
+                continue
+            sock = self.client if which == 0 else self.backend
+            if masks[which] is not None:
                 self.loop.modify(sock.fileno(), want[which])
-                masks[which] = want[which]
+            elif want[which]:
+                self.loop.register(sock.fileno(), self._clientEvent if which == 0 else self._backendEvent, want[which])
+            else:
+                continue
+            masks[which] = want[which]
 
     # -- the directions' endings
 
