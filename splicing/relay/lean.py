@@ -44,6 +44,7 @@ from splicing.relay.events import connectFailure
 from splicing.relay.idle import DeadlineSweep
 from splicing.relay.leancopy import ERR, IN, OUT, LeanDirection
 from splicing.relay.leanloop import sessionLoop
+from splicing.relay.report import Readings
 
 
 _STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
@@ -156,7 +157,7 @@ class LeanListener:
             LeanSession(self, _socket.socket(family, socket.SOCK_STREAM, 0, fd), address).accepted()
         port.numberAccepts = limit + 20 if accepted == limit else max(1, accepted)
 
-class LeanSession:
+class LeanSession(Readings):
     """
     One client's session over plain sockets (see the module).  To the relay
     it looks like a L{splicing.relay.tcp.RelayProtocol}: C{begin}, C{abort},
@@ -481,19 +482,6 @@ class LeanSession:
             "why": self._why,
             "error": self._error,
         }
-
-    def traffic(self):
-        """Bytes so far as (direction, path, bytes): live, for metrics read while the session runs."""
-        stats = self.statistics(None)
-        path = stats["path"] or "none"
-        return [("out", path, stats["bytes_out"]), ("in", path, stats["bytes_in"])]
-
-    def status(self):
-        """This running session for a status page: client, backend, bytes each way so far, age, path."""
-        stats = self.statistics(None)
-        return {"client": stats["client"], "backend": stats["backend"] or (self.target and self.target.address),
-                "bytes_out": stats["bytes_out"], "bytes_in": stats["bytes_in"], "age": stats["duration"],
-                "path": stats["path"]}
 
 
 __all__ = ["LeanListener", "LeanSession", "servable"]

@@ -26,4 +26,27 @@ class Reporter:
             getattr(self.metrics, event)(self.relay, *args)
 
 
-__all__ = ["Reporter"]
+class Readings:
+    """
+    What metrics and status pages read of a running TCP session, from its
+    C{statistics(None)} and C{target}: a mixin for both kinds of session
+    (L{splicing.relay.tcp.RelayProtocol}, L{splicing.relay.lean.LeanSession}).
+    """
+
+    __slots__ = ()
+
+    def traffic(self):
+        """Bytes so far as (direction, path, bytes): live, for metrics read while the session runs."""
+        stats = self.statistics(None)
+        path = stats["path"] or "none"
+        return [("out", path, stats["bytes_out"]), ("in", path, stats["bytes_in"])]
+
+    def status(self):
+        """This running session for a status page: client, backend, bytes each way so far, age, path."""
+        stats = self.statistics(None)
+        return {"client": stats["client"], "backend": stats["backend"] or (self.target and self.target.address),
+                "bytes_out": stats["bytes_out"], "bytes_in": stats["bytes_in"], "age": stats["duration"],
+                "path": stats["path"]}
+
+
+__all__ = ["Reporter", "Readings"]

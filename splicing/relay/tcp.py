@@ -30,7 +30,7 @@ from splicing.relay import lean
 from splicing.core.endpoint import noDelay, shutWrite
 from splicing.core.errors import SpliceError
 from splicing.core.result import Reason
-from splicing.relay.report import Reporter
+from splicing.relay.report import Readings, Reporter
 from splicing.relay.sessions import SessionTable
 
 
@@ -62,7 +62,7 @@ class BackendFactory(Factory):
 
 
 @implementer(IHalfCloseableProtocol)
-class RelayProtocol(Protocol):
+class RelayProtocol(Readings, Protocol):
     """
     One client session.
 
@@ -356,19 +356,6 @@ class RelayProtocol(Protocol):
             "why": self._why,
             "error": self._error,
         }
-
-    def traffic(self):
-        """Bytes so far as (direction, path, bytes): live, for metrics read while the session runs."""
-        stats = self.statistics(None)
-        path = stats["path"] or "none"
-        return [("out", path, stats["bytes_out"]), ("in", path, stats["bytes_in"])]
-
-    def status(self):
-        """This running session for a status page: client, backend, bytes each way so far, age, path."""
-        stats = self.statistics(None)
-        return {"client": stats["client"], "backend": stats["backend"] or (self.target and self.target.address),
-                "bytes_out": stats["bytes_out"], "bytes_in": stats["bytes_in"], "age": stats["duration"],
-                "path": stats["path"]}
 
     def readConnectionLost(self):
         # Seen only outside the splices: while reading the header, or copying.
