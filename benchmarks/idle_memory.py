@@ -49,6 +49,7 @@ POOL_KEEP = 8  # splicing.paths.pipes.PipePool(keep=8): spare pipes a process ma
 WAVE_SECONDS = 2.0  # ping waves back to back, while the pipes are counted
 FD_SPARE = 200  # descriptors beyond two per session: stdio, listener, reactor, pipe pool (<= 16)
 SETUPS = ("one", "workers")
+HARD_AT_START = resource.getrlimit(resource.RLIMIT_NOFILE)[1]  # before descriptor_limit raised it
 
 
 def descriptor_limit(sessions):
@@ -63,8 +64,9 @@ def descriptor_limit(sessions):
     """
     need = 2 * sessions + FD_SPARE
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    raised = HARD_AT_START if HARD_AT_START != resource.RLIM_INFINITY and HARD_AT_START < need else None
     if hard == resource.RLIM_INFINITY or hard >= need:
-        return {"nofile": need, "fit": sessions, "raised": None, "why": None}
+        return {"nofile": need, "fit": sessions, "raised": raised, "why": None}
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, need))
     except (ValueError, OSError) as e:
@@ -72,7 +74,7 @@ def descriptor_limit(sessions):
         return {"nofile": hard, "fit": min(sessions, max(0, (hard - FD_SPARE) // 2)), "raised": None,
                 "why": "one process needs %d descriptors for %d sessions, the hard limit here is %d "
                        "and raising it failed (%s: %s)" % (need, sessions, hard, who, e)}
-    return {"nofile": need, "fit": sessions, "raised": hard, "why": None}
+    return {"nofile": need, "fit": sessions, "raised": raised, "why": None}
 
 
 def has_workers_option():
