@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import queue
+import resource
 import shutil
 import statistics
 import subprocess
@@ -121,9 +122,10 @@ def haproxy_command(workdir, port, dest, mode):
 class Relay:
     """One relay under test: a process (or none, for direct) and a port."""
 
-    def __init__(self, name, workdir, dest_port, extra=()):
+    def __init__(self, name, workdir, dest_port, extra=(), nofile=None):
         self.name = name
         self.extra = list(extra)  # more command-line options (product relays)
+        self.nofile = nofile  # RLIMIT_NOFILE (soft and hard) to start it with, or None: inherited
         self.proc = None
         self.port = None
         self.workdir = workdir
@@ -166,7 +168,7 @@ class Relay:
             self.proc = subprocess.Popen(
                 self.command(port), cwd=self.workdir, env=_env(),
                 stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=self._limits if self.nofile else None,
             )
         finally:
             logf.close()
@@ -175,6 +177,10 @@ class Relay:
         except BenchError as e:
             raise BenchError("%s\n%s" % (e, self.log_tail()))
         self.port = port
+
+    def _limits(self):
+        """In the child, before exec: its descriptor limit (raising the hard one needs root)."""
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def cpu(self):
         return proc_cpu(self.proc.pid) if self.proc is not None else None

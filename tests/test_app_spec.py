@@ -10,7 +10,7 @@ import json
 import pytest
 from zope.interface.verify import verifyObject
 
-from splicing.app import cli, config
+from splicing.app import cli, config, spec
 from splicing.app.metrics import RelayMetrics
 from splicing.app.spec import Config, RelaySpec, difference
 from splicing.interfaces import IRelayMetrics
@@ -80,3 +80,25 @@ def test_relay_metrics_provide_the_interface_relays_report_to():
 def test_fields_of_a_description():
     """What every description has; a relay's own options are open-ended (its Options class lists them)."""
     assert [f.name for f in dataclasses.fields(RelaySpec)] == ["kind", "name", "listen", "connect", "options", "files"]
+
+
+@pytest.mark.parametrize("description, plain", [
+    ("tcp:0:interface=127.0.0.1", True), ("TCP6:host=::1:port=9", True), ("unix:/tmp/x.sock", True),
+    ("udp:5353", True), ("systemd:domain=INET:index=0", True), ("haproxy:tcp:0", True),
+    ("ssl:0:privateKey=k.pem", False), ("haproxy:ssl:0:privateKey=k.pem", False),
+    ("tls:example.com:443", False), ("onion:80", False), ("haproxy", False),
+])
+def test_which_endpoints_surely_need_no_tls(description, plain):
+    assert spec.plainEndpoint(description) is plain
+
+
+def test_a_description_names_tls_in_any_listen_connect_or_group():
+    def described(**fields):
+        relay = RelaySpec("http", "h", fields.get("listen", "tcp:0"), fields.get("connect", "tcp:host=a:port=1"),
+                          {"group": fields.get("group", ())})
+        return Config({"h": relay, "t": RelaySpec("tcp", "t", "tcp:0", "unix:/tmp/b.sock")})
+
+    assert not spec.namesTLS(described())
+    assert spec.namesTLS(described(listen="ssl:0:privateKey=k.pem"))
+    assert spec.namesTLS(described(connect=["tcp:host=a:port=1", "tls:a:443"]))
+    assert spec.namesTLS(described(group=["api=tls:b:443"]))

@@ -45,12 +45,19 @@ LAYERS = {
 
 #: The in-function imports allowed, (module, imported module): each for an
 #: optional dependency or to keep a start-up cost off the path that does not need it.
-#: None today: every module of the package imports the package's modules at
-#: its top.  (The reactor imports inside functions are Twisted's, not the
-#: package's, so not counted: twist installs the reactor it was asked for
-#: after it imported the plugin's modules.)  An entry looks like
-#: C{("splicing.app.x", "splicing.relay.y"): "optional: needs libfoo"}.
-IN_FUNCTION = {}
+#: Each process of a relay holds what it imported for its whole life, so
+#: what only some configurations use is imported only by them
+#: (docs/performance.md, "Memory").  (The reactor imports inside functions
+#: are Twisted's, not the package's, so not counted: twist installs the
+#: reactor it was asked for after it imported the plugin's modules.)
+IN_FUNCTION = {
+    ("splicing.app.cli", "splicing.app.web"):
+        "the metrics endpoint (prometheus_client, twisted.web): only with --metrics",
+    ("splicing.app.cli", "splicing.app.workers"): "the master of --workers: only with --workers",
+    ("splicing.app.worker", "splicing.app.metrics"): "prometheus_client in a worker: only with --metrics",
+    ("splicing.app.build", "splicing.http.proxy"): "the HTTP proxy: only for an HTTP relay",
+    ("splicing.app.build", "splicing.http.rules"): "HTTP rules: only for an HTTP relay",
+}
 
 
 def modules():

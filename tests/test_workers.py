@@ -58,6 +58,12 @@ def wait_gone(pids, timeout=procs.TIMEOUT):
     eventually(lambda: not any(alive(p) for p in pids), timeout)
 
 
+def holdsTLS(pid):
+    """Whether process C{pid} loaded pyOpenSSL: cryptography's extension is mapped (about 13 MB)."""
+    with open("/proc/%d/maps" % pid) as f:
+        return "cryptography/hazmat/bindings/_rust" in f.read()
+
+
 def checked_session(where, n):
     """Send n bytes, half-close; the backend answers their SHA-256 and 1 MiB + n bytes."""
     data = procs.payload(n, seed=n)
@@ -84,6 +90,7 @@ def test_workers_share_sockets_sum_metrics_and_drain_on_sigterm(start, tmp_path)
         pids = serving(relay)
         where, unix, proxied = bound(relay, 3)
         assert unix == path and sorted(pids) == [0, 1]
+        assert not any(holdsTLS(pid) for pid in pids.values())  # no TLS endpoint: workers without pyOpenSSL
         metrics = procs.address(relay.wait_for(r"metrics http listening on (\S+)")[0])
         checked_session(path, 77)
         with connect(proxied) as s:  # PROXY v1 in: read in a worker, not relayed
@@ -134,6 +141,7 @@ def test_killed_worker_is_restarted_and_no_worker_outlives_the_master(start, tmp
         pids = serving(relay, 4)
         where, tls = bound(relay, 2)
         assert tls_ping(tls) == b"ping"  # the master binds, a worker does the TLS
+        assert all(holdsTLS(pid) for pid in pids.values())
         os.kill(pids[0], signal.SIGKILL)
         relay.wait_for(r"worker 0 \(pid %d\) exited unexpectedly after [\d.]+s: killed by SIGKILL; "
                        r"restarting it in 0\.5s" % pids[0])

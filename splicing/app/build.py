@@ -12,8 +12,6 @@ from twisted.logger import Logger
 
 from splicing.app.demo import DemoOrigin
 from splicing.app.service import RelayService, cannotListen
-from splicing.http.proxy import HTTPProxyFactory
-from splicing.http.rules import parseRules, shorthandRules
 from splicing.relay.balance import BalancedEndpoint, Balancer, Target, clientFromString
 from splicing.relay.checks import HealthChecks, parseCheck
 from splicing.relay.tcp import RelayFactory
@@ -42,8 +40,10 @@ def ruleSet(options, files):
     """
     The HTTP proxy's rules: the C{--rules} file's (its text in C{files})
     and the shorthand options', or None when there are none.  Raises
-    L{splicing.http.rulesyntax.RuleError}.
+    L{splicing.http.rulesyntax.RuleError} (a ValueError).
     """
+    from splicing.http.rules import parseRules, shorthandRules  # the HTTP layer: only for splice http
+
     rules = shorthandRules(options["block-path"], options["set-header"], options["remove-header"],
                            options["set-response-header"], options["remove-response-header"])
     if options["rules"] is not None:
@@ -120,6 +120,8 @@ def _tcpService(spec, metrics, reactor):
 
 
 def _httpService(spec, metrics, reactor):
+    from splicing.http.proxy import HTTPProxyFactory  # the HTTP layer: only for splice http
+
     options, origin = spec.options, None
     if spec.connect:
         default = [BalancedEndpoint(_balancer(reactor, options, spec.connect))]

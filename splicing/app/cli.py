@@ -19,11 +19,8 @@ from twisted.python import usage
 from splicing import paths
 from splicing.app import config as configfile, validation
 from splicing.app.build import ERROR_PAGES, buildRelay, parseGroups, ruleSet
-from splicing.app.metrics import RelayMetrics
-from splicing.app.service import MetricsService, relaysService
+from splicing.app.service import relaysService
 from splicing.app.spec import Config, RelaySpec
-from splicing.app.workers import WorkerPool
-from splicing.http.rulesyntax import RuleError
 from splicing.relay import checks, proxyheader, udp
 from splicing.relay.access import parseNetwork
 from splicing.relay.balance import POLICIES
@@ -222,7 +219,7 @@ class HTTPOptions(_StreamOptions):
             raise usage.UsageError("--error-pages must be auto, on or off, not %r" % (self["error-pages"],))
         try:
             ruleSet(self, self.files)
-        except RuleError as e:
+        except ValueError as e:  # splicing.http.rulesyntax.RuleError
             raise usage.UsageError(str(e))
 
 
@@ -416,19 +413,27 @@ def runService(config, load, reactor):
     """
     A C{MultiService} that runs C{config} (a L{Config}): its relays, or
     with C{workers} > 1 the master of that many worker processes
-    (L{WorkerPool}); its metrics endpoint, if any.  C{load} reads the
+    (L{splicing.app.workers.WorkerPool}); its metrics endpoint, if any.
+    What only some configurations use is imported only by them: the
+    master, the metrics endpoint (prometheus_client, twisted.web).  C{load} reads the
     description again on SIGHUP (a config file's relays; a worker pool's).
     """
     top = service.MultiService()
+    relays = metrics = None
     if config.workers > 1:
+        from splicing.app.workers import WorkerPool  # the master's machinery: only with --workers
+
         relays = WorkerPool(config, load, reactor)
         metrics = relays.metrics
-    else:
-        metrics = RelayMetrics() if config.metrics else None
+    if config.metrics:
+        from splicing.app.web import MetricsService  # prometheus_client, twisted.web: only with --metrics
+
+        served = MetricsService(config.metrics, metrics, reactor)
+        served.setServiceParent(top)
+        metrics = served.metrics
+    if relays is None:
         relays = relaysService(config, lambda spec: buildRelay(spec, metrics, reactor),
                                load if config.path else None, reactor)
-    if config.metrics:
-        MetricsService(config.metrics, metrics, reactor).setServiceParent(top)
     relays.setServiceParent(top)
     return top
 

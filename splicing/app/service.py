@@ -1,9 +1,9 @@
 """
 Relays as Twisted services, to compose with an application's own services
 in a C{MultiService}: L{RelayService} (one TCP relay, with graceful stop),
-L{ConfigService} (the relays of a TOML file, reloaded on SIGHUP),
-L{MetricsService} (serves the metrics it is given) and L{relaysService}
-(the relays of a L{splicing.app.spec.Config}).  They take descriptions and
+L{ConfigService} (the relays of a TOML file, reloaded on SIGHUP) and
+L{relaysService} (the relays of a L{splicing.app.spec.Config}); the
+metrics endpoint's service is L{splicing.app.web.MetricsService}.  They take descriptions and
 a function that builds a relay from one; what C{twistd splice} runs is
 L{splicing.app.cli.makeService}.
 """
@@ -18,7 +18,6 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
 from splicing.app import spec
-from splicing.app.web import site
 from splicing.relay import alpn
 from splicing.relay.access import formatAddress
 
@@ -276,21 +275,6 @@ def difference(old, new, log):
     return fresh, gone
 
 
-class MetricsService(ListeningService):
-    """
-    Serves C{metrics} (a L{splicing.app.metrics.RelayMetrics} or
-    L{splicing.app.metrics.WorkerMetrics}) on a server endpoint string:
-    Prometheus metrics at any path, the status page at C{/status} and
-    C{/status.json} (L{splicing.app.web}).
-    """
-
-    what = "metrics"
-
-    def __init__(self, description, metrics, reactor=None):
-        ListeningService.__init__(self, [description], site(metrics), reactor)
-        self.metrics = metrics
-
-
 def relaysService(config, build, load=None, reactor=None):
     """
     The relays of C{config} (a L{splicing.app.spec.Config}) as one service,
@@ -305,5 +289,5 @@ def relaysService(config, build, load=None, reactor=None):
     return top
 
 
-__all__ = ["ListeningService", "RelayService", "ConfigService", "MetricsService", "relaysService",
+__all__ = ["ListeningService", "RelayService", "ConfigService", "relaysService",
            "cannotListen", "exitWithFailure", "onSIGHUP"]

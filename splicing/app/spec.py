@@ -109,6 +109,11 @@ class RelaySpec:
     def toJSON(self):
         return thaw(dataclasses.asdict(self))
 
+    def endpoints(self):
+        """Every endpoint string it names: listen, connect and the HTTP groups' (C{NAME=ENDPOINT})."""
+        groups = tuple(entry.partition("=")[2] for entry in self.options.get("group", ()))
+        return self.listen + self.connect + groups
+
     @classmethod
     def fromJSON(cls, data):
         return cls(**data)
@@ -140,6 +145,27 @@ class Config:
         return cls({s.name: s for s in specs}, data["metrics"], data["workers"], data["path"])
 
 
+#: Endpoint types that carry no TLS (the field before the first colon).
+PLAIN_ENDPOINTS = frozenset(["tcp", "tcp6", "unix", "udp", "systemd"])
+
+
+def plainEndpoint(description):
+    """
+    Whether the endpoint string C{description} surely needs no TLS: its
+    type, past any C{haproxy:} wrapper, is one of L{PLAIN_ENDPOINTS}.
+    Anything else (C{ssl:}, C{tls:}, a plugin's) may.
+    """
+    fields = description.split(":")
+    while len(fields) > 1 and fields[0].strip().lower() == "haproxy":
+        fields = fields[1:]
+    return fields[0].strip().lower() in PLAIN_ENDPOINTS
+
+
+def namesTLS(config):
+    """Whether the relays of C{config} (a L{Config}) may need TLS: an endpoint that is not plain."""
+    return not all(plainEndpoint(d) for relay in config.relays.values() for d in relay.endpoints())
+
+
 def difference(old, new):
     """
     What a reload does to relays by name (two C{{name: RelaySpec}}): the
@@ -150,4 +176,4 @@ def difference(old, new):
     return fresh, gone
 
 
-__all__ = ["RelaySpec", "Config", "Frozen", "difference"]
+__all__ = ["RelaySpec", "Config", "Frozen", "difference", "namesTLS", "plainEndpoint"]

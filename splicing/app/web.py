@@ -7,6 +7,9 @@ relays: a byte count taken from a running session and the same bytes
 counted when it ended can never both appear in one scrape.  Scrapes and
 page views are not access-logged (one line every few seconds says
 nothing).
+
+This module, prometheus_client and twisted.web are imported only by a
+process that serves C{--metrics} (L{splicing.app.cli.runService}).
 """
 
 from prometheus_client.exposition import choose_encoder
@@ -16,6 +19,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from splicing.app import status
+from splicing.app.metrics import RelayMetrics
+from splicing.app.service import ListeningService
 
 
 class EndpointResource(Resource):
@@ -95,4 +100,20 @@ def site(source):
     return result
 
 
-__all__ = ["EndpointResource", "QuietSite", "site"]
+class MetricsService(ListeningService):
+    """
+    Serves C{metrics} (a L{splicing.app.metrics.RelayMetrics} or
+    L{splicing.app.metrics.WorkerMetrics}; None: a new C{RelayMetrics}
+    for this process's relays, C{self.metrics}) on a server endpoint
+    string: Prometheus metrics at any path, the status page at C{/status}
+    and C{/status.json}.
+    """
+
+    what = "metrics"
+
+    def __init__(self, description, metrics=None, reactor=None):
+        self.metrics = RelayMetrics() if metrics is None else metrics
+        ListeningService.__init__(self, [description], site(self.metrics), reactor)
+
+
+__all__ = ["EndpointResource", "MetricsService", "QuietSite", "site"]

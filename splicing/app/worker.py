@@ -39,7 +39,6 @@ from twisted.logger import Logger, eventAsJSON, globalLogBeginner
 from twisted.protocols.basic import LineOnlyReceiver
 
 from splicing.app.build import buildRelay
-from splicing.app.metrics import RelayMetrics
 from splicing.app.service import relaysService
 from splicing.app.spec import Config
 from splicing.app.workersockets import Inherited
@@ -240,7 +239,11 @@ def main(argv=None):
     atexit.register(channel.flush)
 
     config = readDescription(COMMANDS)
-    metrics = RelayMetrics() if config.metrics else None
+    metrics = None
+    if config.metrics:
+        from splicing.app.metrics import RelayMetrics  # prometheus_client: only with --metrics
+
+        metrics = RelayMetrics()
     inherited = Inherited(reactor, {name: [tuple(s) for s in sockets] for name, sockets in setup["sockets"].items()})
     relays = relaysService(config, lambda spec: inherited.attach(spec.name, buildRelay(spec, metrics, reactor)))
     worker = Worker(setup["index"], relays, metrics, channel, reactor)

@@ -39,6 +39,7 @@ from twisted.logger import Logger, LogLevel, eventFromJSON, globalLogPublisher
 
 from splicing.app.metrics import WorkerMetrics
 from splicing.app.service import ListeningService, difference, onSIGHUP
+from splicing.app.spec import namesTLS
 from splicing.app.workersockets import Binder
 from splicing.relay.udp import parseUDPListen
 
@@ -48,6 +49,15 @@ STABLE = 60.0  # seconds a worker runs before its exit counts as a first failure
 KILL_AFTER = 10.0  # seconds past the longest --shutdown-timeout
 METRICS_TIMEOUT = 2.0
 _LEVELS = {level.name: level for level in LogLevel.iterconstants()}
+
+#: How a worker whose description names no TLS endpoint starts: without
+#: pyOpenSSL, as where it is not installed (Twisted imports it, and
+#: cryptography, at start-up whenever it can: about 13 MB of every
+#: process).  The worker module runs as with C{-m}.
+WITHOUT_TLS = ("# splicing.app.worker, without TLS\n"
+               "import runpy, sys\n"
+               "sys.modules['OpenSSL'] = None\n"
+               "runpy.run_module('splicing.app.worker', run_name='__main__', alter_sys=True)\n")
 
 
 def _keys(name, relay):
@@ -263,7 +273,8 @@ class WorkerPool(service.MultiService):
                 table[name].append((child, family, kind))
         setup = json.dumps({"index": index, "master": os.getpid(), "sockets": table})
         worker = WorkerProcess(self, index, self.generation)
-        self.reactor.spawnProcess(worker, sys.executable, [sys.executable, "-m", "splicing.app.worker", setup],
+        start = ["-m", "splicing.app.worker"] if namesTLS(self.config) else ["-c", WITHOUT_TLS]
+        self.reactor.spawnProcess(worker, sys.executable, [sys.executable] + start + [setup],
                                   env=_environment(), childFDs=fds)
         # the description, as the first line of its commands: no limit on its size as in argv
         worker.send(json.dumps(self.config.toJSON(), separators=(",", ":")).encode("utf-8"))

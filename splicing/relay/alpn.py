@@ -19,8 +19,12 @@ nothing, as HAProxy with no C{alpn} configured: it cannot know that its
 backend speaks h2.
 """
 
-from OpenSSL import SSL
 from twisted.internet.interfaces import IProtocolNegotiationFactory
+
+try:
+    from OpenSSL import SSL
+except ImportError:  # no pyOpenSSL (a worker started without TLS): no TLS endpoint to repair
+    SSL = None
 
 _REPAIRED = "_splicingALPN"
 
