@@ -143,7 +143,7 @@ class DatagramPump:
         """One batch from C{end}'s socket to its drain (or to the session's answer)."""
         vec = self._vec or self._buffers()
         try:
-            n = vec.recv(end.socket, 0, self.BATCH)
+            n = vec.recv(end.socket, 0, self.BATCH, False)  # connected: no addresses
         except BlockingIOError:
             return
         except OSError as e:  # a pending ICMP error (ECONNREFUSED, ...): the session is over
