@@ -1,7 +1,9 @@
 """
 The UDP relay behind C{twistd splice udp}: many clients at once, one
 session per client address (L{splicing.relay.udpsession}), each spliced both
-ways, ended after an idle timeout, capped in number.
+ways by the relay's one datagram pump (L{splicing.relay.udppump}), ended
+after an idle timeout (one L{splicing.relay.idle.IdleSweep}), capped in
+number.
 
 Descriptions use Twisted's endpoint-string syntax (C{prefix:arg:key=value},
 a backslash escapes the next character, so IPv6 addresses are written with

@@ -1,6 +1,6 @@
 """
-One client of the UDP relay: a session with two sockets of its own and a
-splice in each direction.
+One client of the UDP relay: a session with two sockets of its own,
+spliced both ways by the relay's pump (L{splicing.relay.udppump}).
 
   - C{front} is bound to the address the client sent to (the relay's
     listening address, shared thanks to C{SO_REUSEADDR}) and connected to
@@ -11,19 +11,24 @@ splice in each direction.
   - C{back} is bound to an ephemeral port and connected to the backend, so
     the backend's replies are this client's.
 
-C{front -> back} and C{back -> front} are then splices (the mbuf path:
-batches of whole datagrams).  What does not arrive through them (the
-datagrams the listening socket read before this session existed, and any
-the kernel still gives it) is forwarded here in user land, never dropped.
+The pump moves C{front -> back} and C{back -> front} in batches of whole
+datagrams (C{recvmmsg}, C{sendmmsg} with GSO runs: the mbuf path's
+batches); neither socket is a Twisted port.  What does not arrive through
+them (the datagrams the listening socket read before this session existed,
+and any the kernel still gives it) is forwarded here in user land, never
+dropped.
 
 A session starts lean: its first datagram leaves on a plain socket
 connected to the backend (C{socket}, C{connect}, C{send}: nothing else
 first), and the backend's answers go back through the listening socket
 (C{sendto} the client; from a wildcard listen, with C{IP_PKTINFO} /
-C{IPV6_PKTINFO} naming the address the client sent to).  No Twisted port, no
-front socket, no splice: a DNS query from a fresh port costs little more
-than one on a running session.  The client's second datagram makes the
-session a spliced one, as above (L{Session._promote}).
+C{IPV6_PKTINFO} naming the address the client sent to).  No front socket:
+a DNS query from a fresh port costs little more than one on a running
+session.  The client's second datagram makes the session a spliced one, as
+above (L{Session._promote}).
+
+Idle timeouts: the relay's L{splicing.relay.idle.IdleSweep} reads each
+session's counters a few times per period (one timer per relay).
 """
 
 import errno
@@ -100,10 +105,6 @@ def formatAddress(address):
     """host:port or [v6]:port, as the TCP relay logs them."""
     host, port = address[:2]
     return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
-
-
-def wildcard(host):
-    return "::" if ":" in host else "0.0.0.0"
 
 
 def _family(host):
