@@ -28,6 +28,8 @@ import socket
 
 from splicing.buffers import mmsg
 
+_OUT, _ERR = int(select.EPOLLOUT), int(select.EPOLLERR)
+
 #: The largest UDP payload is 65,527 bytes (IPv6; 65,507 over IPv4): a
 #: 64 KiB buffer never truncates one.
 MAX_DATAGRAM = 65536
@@ -123,10 +125,15 @@ class DatagramPump:
             end = ends.get(fd)
             if end is None:
                 continue
-            if events & select.EPOLLOUT:
+            if events & _OUT:
                 self._release(end)
-            if events & ~select.EPOLLOUT and not end.held:
-                self._move(end)
+            if events & ~_OUT:
+                if not end.held:
+                    self._move(end)
+                elif events & _ERR:  # not read while it holds: level-triggered, it would come back each turn
+                    error = end.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if error:
+                        end.session.end("error", error)
 
     def _buffers(self):
         """The batch's buffers, made at the first batch: anonymous memory, only touched pages count."""
