@@ -120,6 +120,9 @@ def groups(lengths, gso):
     n = len(lengths)
     if not gso:
         return [(i, 1, size) for i, size in enumerate(lengths)]
+    size = lengths[0] if n else 0
+    if size and n <= GSO_SEGMENTS and size * n <= GSO_BYTES and lengths.count(size) == n:
+        return [(0, n, size)]  # the common batch: one size, one message
     i = 0
     while i < n:
         size = lengths[i]

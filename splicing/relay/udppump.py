@@ -21,6 +21,7 @@ later, in order: its source stops being read until the drain is writable.
 A socket error (C{ECONNREFUSED}, ...) ends the session.
 """
 
+import array
 import errno
 import mmap
 import select
@@ -143,7 +144,7 @@ class DatagramPump:
         self._views = [whole[i * MAX_DATAGRAM:(i + 1) * MAX_DATAGRAM] for i in range(n)]
         self._vec = mmsg.vector(n)
         self._vec.setBuffers(0, self._views)
-        self._full = [MAX_DATAGRAM] * n
+        self._full = array.array("Q", [MAX_DATAGRAM] * n)
         return self._vec
 
     def _move(self, end):
