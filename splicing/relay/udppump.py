@@ -128,6 +128,8 @@ class DatagramPump:
                 continue
             if events & _OUT:
                 self._release(end)
+                if ends.get(fd) is not end:
+                    continue  # its session ended there
             if events & ~_OUT:
                 if not end.held:
                     self._move(end)
