@@ -120,6 +120,9 @@ def groups(lengths, gso):
     n = len(lengths)
     if not gso:
         return [(i, 1, size) for i, size in enumerate(lengths)]
+    size = lengths[0] if n else 0
+    if size and n <= GSO_SEGMENTS and size * n <= GSO_BYTES and lengths.count(size) == n:
+        return [(0, n, size)]  # the common batch: one size, one message
     i = 0
     while i < n:
         size = lengths[i]
@@ -172,13 +175,17 @@ class MessageVector:
         a = 2 * start + 1
         self._iov[a : a + 2 * len(lengths) : 2] = array.array("Q", lengths)
 
-    def recv(self, sock, start, count):
+    def recv(self, sock, start, count, names=True):
         """
         Receive up to C{count} datagrams into slots C{start...}, without
         blocking.  Returns how many; C{BlockingIOError} if none was waiting.
+        With C{names} false the senders' addresses are not asked for (a
+        connected socket's datagrams all come from its peer): L{sender} is
+        then undefined for these slots.
         """
-        a = start * _W + _NAMELEN
-        self._in32[a : a + count * _W : _W] = self._namelens[:count]
+        if names:
+            a = start * _W + _NAMELEN
+            self._in32[a : a + count * _W : _W] = self._namelens[:count]
         n = _recvmmsg(sock.fileno(), self._inAt + start * _SIZE, count, _MSG_DONTWAIT, None)
         if n < 0:
             _raise("recvmmsg")
@@ -248,7 +255,7 @@ class PyMessageVector:
     def setLengths(self, start, lengths):
         self._lens[start : start + len(lengths)] = lengths
 
-    def recv(self, sock, start, count):
+    def recv(self, sock, start, count, names=True):
         for i in range(start, start + count):
             try:
                 n, _, flags, addr = sock.recvmsg_into([self._views[i][: self._lens[i]]], 0, _MSG_DONTWAIT)

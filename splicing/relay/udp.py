@@ -1,7 +1,9 @@
 """
 The UDP relay behind C{twistd splice udp}: many clients at once, one
 session per client address (L{splicing.relay.udpsession}), each spliced both
-ways, ended after an idle timeout, capped in number.
+ways by the relay's one datagram pump (L{splicing.relay.udppump}), ended
+after an idle timeout (one L{splicing.relay.idle.IdleSweep}), capped in
+number.
 
 Descriptions use Twisted's endpoint-string syntax (C{prefix:arg:key=value},
 a backslash escapes the next character, so IPv6 addresses are written with
@@ -25,7 +27,9 @@ from twisted.logger import Logger
 
 from splicing.relay.balance import Target
 from splicing.relay.events import plural
+from splicing.relay.idle import IdleSweep
 from splicing.relay.report import Reporter
+from splicing.relay.udppump import DatagramPump
 from splicing.relay.udpsession import ReusePort, Session, formatAddress
 
 __all__ = ["UDPRelayService", "parseUDPListen", "parseUDPConnect"]
@@ -202,6 +206,8 @@ class UDPRelayService(service.Service):
         self._reactor = reactor
         self.port = None
         self.backend = None
+        self.pump = None  # the sessions' sockets (see udppump), while running
+        self.sweep = None  # their idle timeouts: one timer for all
         self._sessions = {}
         self._queue = collections.deque()  # datagrams to dispatch (see dispatch)
         self._dispatching = False
@@ -238,11 +244,14 @@ class UDPRelayService(service.Service):
         # their answers name their source address (IP_PKTINFO).
         self.wildcard = ipaddress.ip_address(interface).is_unspecified
         self.lean = bool(getattr(socket, "CMSG_LEN", None)) or not self.wildcard
+        self.pump = DatagramPump(self.reactor)
+        self.sweep = IdleSweep(self.reactor, self.idle)
         p = _ListenPort(lport, _Listener(self), interface, 65536, self.reactor)
         if self.inheritedSocket is not None:
             p._preexistingSocket = self.inheritedSocket  # Twisted's adopt path: no bind
         p.socketBuffer = self.socketBuffer
         p.startListening()
+        self.pump.start()
         self.port = p
         service.Service.startService(self)
         self.listening = formatAddress((interface, p.getHost().port))
@@ -260,6 +269,8 @@ class UDPRelayService(service.Service):
         for session in list(self._sessions.values()):
             session.end("shutdown")
         port, self.port = self.port, None
+        if self.pump is not None:
+            self.pump.stop()
         if port is not None:
             self.log.info("UDP relay on {listen} stopped ({ended} ended at shutdown, {total} in all)",
                           listen=self.listening, relay=self.report.relay,

@@ -1,6 +1,6 @@
 """
-One client of the UDP relay: a session with two sockets of its own and a
-splice in each direction.
+One client of the UDP relay: a session with two sockets of its own,
+spliced both ways by the relay's pump (L{splicing.relay.udppump}).
 
   - C{front} is bound to the address the client sent to (the relay's
     listening address, shared thanks to C{SO_REUSEADDR}) and connected to
@@ -11,30 +11,35 @@ splice in each direction.
   - C{back} is bound to an ephemeral port and connected to the backend, so
     the backend's replies are this client's.
 
-C{front -> back} and C{back -> front} are then splices (the mbuf path:
-batches of whole datagrams).  What does not arrive through them (the
-datagrams the listening socket read before this session existed, and any
-the kernel still gives it) is forwarded here in user land, never dropped.
+The pump moves C{front -> back} and C{back -> front} in batches of whole
+datagrams (C{recvmmsg}, C{sendmmsg} with GSO runs: the mbuf path's
+batches); neither socket is a Twisted port.  What does not arrive through
+them (the datagrams the listening socket read before this session existed,
+and any the kernel still gives it) is forwarded here in user land, never
+dropped.
 
 A session starts lean: its first datagram leaves on a plain socket
 connected to the backend (C{socket}, C{connect}, C{send}: nothing else
 first), and the backend's answers go back through the listening socket
 (C{sendto} the client; from a wildcard listen, with C{IP_PKTINFO} /
-C{IPV6_PKTINFO} naming the address the client sent to).  No Twisted port, no
-front socket, no splice: a DNS query from a fresh port costs little more
-than one on a running session.  The client's second datagram makes the
-session a spliced one, as above (L{Session._promote}).
+C{IPV6_PKTINFO} naming the address the client sent to).  No front socket:
+a DNS query from a fresh port costs little more than one on a running
+session.  The client's second datagram makes the session a spliced one, as
+above (L{Session._promote}).
+
+Idle timeouts: the relay's L{splicing.relay.idle.IdleSweep} reads each
+session's counters a few times per period (one timer per relay).
 """
 
 import errno
 import socket
 import time
 
-from twisted.internet import base, error, protocol, udp
+from twisted.internet import base, error, udp
 from twisted.logger import Logger
 
-from splicing.core.splice import splice
 from splicing.relay.events import plural
+from splicing.relay.udppump import Endpoint
 
 #: Datagrams read from a new front socket before splicing it (see L{Session.start}).
 SETUP_DRAIN = 64
@@ -102,68 +107,6 @@ def formatAddress(address):
     return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
 
 
-def wildcard(host):
-    return "::" if ":" in host else "0.0.0.0"
-
-
-class _Front(protocol.DatagramProtocol):
-    """The front socket's own reads (before the splice, and after one)."""
-
-    noisy = False  # no "Starting protocol" per session
-
-    def __init__(self, session):
-        self.session = session
-
-    def datagramReceived(self, data, addr):
-        s = self.session
-        if tuple(addr[:2]) == s.clientKey:
-            s.forward(data)
-        else:
-            # Another client's, queued between bind() and connect(): it is
-            # the relay's, as if the listening socket had read it.
-            s.relay.dispatch(data, addr, s.local)
-
-    def connectionRefused(self):
-        self.session.end("error", errno.ECONNREFUSED)
-
-
-class _Back(protocol.DatagramProtocol):
-    noisy = False
-    def __init__(self, session):
-        self.session = session
-
-    def datagramReceived(self, data, addr):
-        self.session.reply(data)
-
-    def connectionRefused(self):
-        self.session.end("error", errno.ECONNREFUSED)
-
-
-class _Lean:
-    """The backend socket of a lean session: a selectable of its own, no Twisted port."""
-
-    def __init__(self, session, sock):
-        self.session = session
-        self.socket = sock
-
-    def fileno(self):
-        return self.socket.fileno()
-
-    def logPrefix(self):
-        return "udp-session"
-
-    def doRead(self):
-        self.session._leanReplies()
-
-    def connectionLost(self, reason):
-        """The reactor saw an error on the socket (ECONNREFUSED: the backend's port is closed)."""
-        try:
-            error = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        except OSError as e:
-            error = e.errno
-        self.session.end("error", error)
-
-
 def _family(host):
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
@@ -186,15 +129,15 @@ def sourceAncillary(listenFamily, local):
 
 class Session:
     """
-    A client's session.  Counters: datagrams and bytes each way, spliced or
-    forwarded here; as in the TCP relay's logs, "out" is client to backend,
-    "in" backend to client.
+    A client's session.  Counters: datagrams and bytes each way, moved by
+    the relay's pump or forwarded here; as in the TCP relay's logs, "out" is
+    client to backend, "in" backend to client.
     """
 
     log = Logger()
 
-    #: Datagrams from the backend a lean session answers per read event (fair to other sockets).
-    LEAN_BATCH = 64
+    #: The path name of the pump's batches in logs and metrics (the mbuf path's batching).
+    PATH = "mbuf"
 
     def __init__(self, relay, client, local, backend, reactor, lean=False):
         self.relay = relay
@@ -206,94 +149,77 @@ class Session:
         self.started = time.monotonic()
         self.ended = False
         self.how = None
-        self.up = self.down = None  # the splices, client -> backend and back
         self._userOut = [0, 0]  # datagrams, bytes forwarded here to the backend
         self._userIn = [0, 0]  # and to the client
-        self._lastSeen = self.started
-        self._lastTotal = -1
-        self._timer = None
-        self.front = self.back = None
+        self.front = self.back = None  # the pump's endpoints once spliced
         self._lean = None
-        if lean:
-            nonblocking = getattr(socket, "SOCK_NONBLOCK", 0)  # no fcntl() after socket()
-            sock = socket.socket(_family(backend[0]), socket.SOCK_DGRAM | nonblocking)
-            try:
-                if not nonblocking:
-                    sock.setblocking(False)
-                sock.connect(backend)
-            except BaseException:
-                sock.close()
-                raise
-            self._lean = _Lean(self, sock)
-            return
-        self._openPorts()
-
-    def _openPorts(self, backSocket=None):
-        """The front socket, connected to the client, and the back one as Twisted ports (see the module)."""
-        relay, local, backend, reactor = self.relay, self.local, self.backend, self.reactor
+        nonblocking = getattr(socket, "SOCK_NONBLOCK", 0)  # no fcntl() after socket()
+        sock = socket.socket(_family(backend[0]), socket.SOCK_DGRAM | nonblocking)
         try:
-            self.front = ReusePort(local[1], _Front(self), local[0], 65536, reactor)
-            self.front.socketBuffer = relay.socketBuffer
-            self.front.startListening()
-            self.front.connect(*self.clientKey)
-            self.back = QuietPort(0, _Back(self), wildcard(backend[0]), 65536, reactor)
-            if backSocket is not None:
-                self.back._preexistingSocket = backSocket  # the lean session's: adopted, not bound again
-            self.back.startListening()
-            setBuffers(self.back.socket, relay.socketBuffer)
-            self.back.connect(*backend)
+            if not nonblocking:
+                sock.setblocking(False)
+            sock.connect(backend)
         except BaseException:
-            self._close()
+            sock.close()
             raise
+        self._lean = Endpoint(sock, self)
+        if not lean:
+            try:
+                self._promote()
+            except BaseException:
+                self._close()
+                raise
+
+    #: The two directions, for counters and status: client -> backend is
+    #: what the front socket reads, backend -> client what the back one reads.
+    up = property(lambda self: self.front)
+    down = property(lambda self: self.back)
 
     # -- running
 
     def start(self):
         """
-        After the first datagram went out: a lean session starts reading its
-        backend's answers (and sets the socket's buffers); a spliced one is
-        spliced (L{_splice}).  The idle timer runs either way.
+        After the first datagram went out: the pump reads the session's
+        sockets (with its buffers set), the relay's sweep watches it.
         """
-        if self._lean is not None:
-            setBuffers(self._lean.socket, self.relay.socketBuffer)
-            self.reactor.addReader(self._lean)
-        else:
-            self._splice()
+        buffers = self.relay.socketBuffer
+        for end in (self._lean, self.back, self.front):
+            if end is not None:
+                setBuffers(end.socket, buffers)
+                if not self.ended:
+                    self.relay.pump.add(end)
+        if self.front is not None:
+            self._drainFront()
         if not self.ended:
-            self._arm()
+            self.relay.sweep.watch(self)
 
     def _promote(self):
         """
         The client sent again: it talks to the backend, splice it.  The lean
-        socket becomes the back port (answers already in it go through the
-        splice, in order), a front socket connected to the client is made.
+        socket becomes the back one (answers already in it follow, in order),
+        and a front socket bound to the listening address and connected to
+        the client is made (see the module); the pump moves both ways.
         """
-        lean, self._lean = self._lean, None
-        self.reactor.removeReader(lean)
-        try:
-            self._openPorts(lean.socket)
-        except OSError as e:
-            lean.socket.close()
-            self.end("error", e.errno)
+        front = _frontSocket(self.local, self.clientKey)
+        back, self._lean = self._lean, None
+        self.back = back
+        self.front = Endpoint(front, self, back)
+        back.drain = self.front
 
     def _splice(self):
-        """
-        Read what reached the front socket before it was connected (other
-        clients' datagrams may be among them), then splice both ways.  The
-        splices' first pass comes from the reactor, after the listening
-        socket's read loop: this client's datagrams that are still there are
-        older and are forwarded first.
-        """
+        """A promoted running session: the pump reads its front socket too."""
+        setBuffers(self.front.socket, self.relay.socketBuffer)
+        self.relay.pump.add(self.front)
         self._drainFront()
-        if self.ended:
-            return
-        self.up = splice(self.front, self.back, reactor=self.reactor)
-        self.down = splice(self.back, self.front, reactor=self.reactor)
-        for s in (self.up, self.down):
-            s.done.addCallback(self._spliceEnded)
 
     def _drainFront(self):
+        """
+        Read what reached the front socket before it was connected: this
+        client's datagrams are forwarded, other clients' dispatched as the
+        listening socket would have.
+        """
         sock = self.front.socket
+        relay, key = self.relay, self.clientKey
         for _ in range(SETUP_DRAIN):
             try:
                 data, addr = sock.recvfrom(65536)
@@ -301,54 +227,50 @@ class Session:
                 return
             except OSError as e:
                 return self.end("error", e.errno)
-            self.front.protocol.datagramReceived(data, addr)
+            if tuple(addr[:2]) == key:
+                self.forward(data)
+            else:
+                relay.dispatch(data, addr, self.local)
 
     def forward(self, data):
-        """A datagram of this client that did not come through the splice."""
+        """A datagram of this client that did not come through the front socket."""
         if self.ended:
             self.relay.lost += 1
             return
         promoted = False
         if self._lean is not None and self._userOut[0]:
-            self._promote()  # a second datagram
-            if self.ended:
+            try:
+                self._promote()  # a second datagram
+            except OSError as e:
+                self.end("error", e.errno)
                 self.relay.lost += 1
                 return
             promoted = True
-        if self._send(self._lean.socket if self._lean is not None else self.back.socket, data):
+        if self._send((self._lean or self.back).socket, data):
             self._userOut[0] += 1
             self._userOut[1] += len(data)
         if promoted and not self.ended:
             self._splice()
 
-    def reply(self, data):
-        if self._send(self.front.socket, data):
-            self._userIn[0] += 1
-            self._userIn[1] += len(data)
-
-    def _leanReplies(self):
-        """The backend's answers to a lean session, sent to the client from the listening socket."""
-        sock, listener = self._lean.socket, self.relay.port.socket
+    def answer(self, views, lengths):
+        """The backend's answers to a lean session (from the pump), sent to the client from the listening socket."""
+        listener = self.relay.port.socket
         ancillary = None
         if self.relay.wildcard:
             ancillary = sourceAncillary(listener.family, self.local[0])
-        for _ in range(self.LEAN_BATCH):
-            try:
-                data = sock.recv(65536)
-            except BlockingIOError:
-                return
-            except OSError as e:
-                return self.end("error", e.errno)
+        client = self.client
+        for i, size in enumerate(lengths):
+            data = views[i][:size]
             try:
                 if ancillary is None:
-                    listener.sendto(data, self.client)
+                    listener.sendto(data, client)
                 else:
-                    listener.sendmsg([data], ancillary, 0, self.client)
+                    listener.sendmsg([data], ancillary, 0, client)
             except OSError:
                 self.relay.lost += 1  # a full socket drops a datagram, as UDP does
                 continue
             self._userIn[0] += 1
-            self._userIn[1] += len(data)
+            self._userIn[1] += size
 
     def _send(self, sock, data):
         if self.ended:
@@ -363,50 +285,36 @@ class Session:
             self.end("error", e.errno)
         return False
 
-    # -- idle: activity is read from the counters, a few times per period
+    # -- idle: the relay's sweep reads the counters a few times per period
 
-    def _arm(self):
-        step = max(self.relay.idle / 4.0, 0.05)
-        self._timer = self.reactor.callLater(step, self._tick)
+    def moved(self):
+        """Datagrams and bytes both ways (a zero-length datagram is activity too)."""
+        return self.datagramsIn + self.datagramsOut + self.bytesIn + self.bytesOut
 
-    def _tick(self):
-        self._timer = None
-        total = self.datagramsIn + self.datagramsOut + self.bytesIn + self.bytesOut
-        now = time.monotonic()
-        if total != self._lastTotal:
-            self._lastTotal = total
-            self._lastSeen = now
-        elif now - self._lastSeen >= self.relay.idle:
-            return self.end("idle")
-        self._arm()
-
-    def _spliceEnded(self, result):
-        if not self.ended:
-            self.end(result.reason.name.lower(), result.error)
-        return result
+    def idleTimeout(self):
+        self.end("idle")
 
     # -- counters
 
-    @staticmethod
-    def _moved(s):
-        mover = getattr(s, "_mover", None)
-        return getattr(mover, "datagrams", 0), (s.length if s is not None else 0)
-
     @property
     def datagramsOut(self):
-        return self._userOut[0] + self._moved(self.up)[0]
+        front = self.front
+        return self._userOut[0] + (front.datagrams if front is not None else 0)
 
     @property
     def bytesOut(self):
-        return self._userOut[1] + self._moved(self.up)[1]
+        front = self.front
+        return self._userOut[1] + (front.length if front is not None else 0)
 
     @property
     def datagramsIn(self):
-        return self._userIn[0] + self._moved(self.down)[0]
+        back = self.back
+        return self._userIn[0] + (back.datagrams if back is not None else 0)
 
     @property
     def bytesIn(self):
-        return self._userIn[1] + self._moved(self.down)[1]
+        back = self.back
+        return self._userIn[1] + (back.length if back is not None else 0)
 
     @property
     def userland(self):
@@ -414,13 +322,12 @@ class Session:
 
     def traffic(self):
         """
-        The metrics' (direction, path, bytes): what each splice moved under
+        The metrics' (direction, path, bytes): what the pump moved under
         its path, what was forwarded here under "copy".
         """
         moved = [("out", "copy", self._userOut[1]), ("in", "copy", self._userIn[1])]
-        for direction, s in (("out", self.up), ("in", self.down)):
-            if s is not None:
-                moved.append((direction, s.backend, s.length))
+        if self.front is not None:
+            moved += [("out", self.PATH, self.front.length), ("in", self.PATH, self.back.length)]
         return moved
 
     def status(self):
@@ -431,23 +338,18 @@ class Session:
 
     @property
     def path(self):
-        """The splices' path, or "copy" for a session that never was spliced (a lean one)."""
-        return self.up.backend if self.up is not None else "copy"
+        """The pump's path, or "copy" for a session that never was spliced (a lean one)."""
+        return self.PATH if self.front is not None else "copy"
 
     # -- the end
 
     def end(self, how, error=0):
-        """Unsplice, close both sockets, log once."""
+        """Close both sockets, log once."""
         if self.ended:
             return
         self.ended = True
         self.how = how if not error else "%s: %s" % (how, errno.errorcode.get(error, error))
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        for s in (self.up, self.down):
-            if s is not None and s.result is None:
-                s.unsplice()
+        self.relay.sweep.forget(self)
         self._close()
         self.log.info(
             "udp session ended: {client} -> {backend}: {out_text} out, {in_text} in, {duration:.3f}s, {path}, {how}",
@@ -468,10 +370,27 @@ class Session:
         self.relay.sessionEnded(self)
 
     def _close(self):
-        lean, self._lean = self._lean, None
-        if lean is not None:
-            self.reactor.removeReader(lean)
-            lean.socket.close()
-        for port in (self.front, self.back):
-            if port is not None and port.connected:
-                port.stopListening()
+        pump = self.relay.pump
+        for end in (self._lean, self.front, self.back):
+            if end is not None:
+                if end.held:
+                    self.relay.lost += len(end.held)  # the drain never took them
+                    end.held = None
+                pump.remove(end)
+                end.socket.close()
+
+
+def _frontSocket(local, client):
+    """A socket bound to the listening address C{local} (shared: C{SO_REUSEADDR}), connected to C{client}."""
+    nonblocking = getattr(socket, "SOCK_NONBLOCK", 0)
+    sock = socket.socket(_family(local[0]), socket.SOCK_DGRAM | nonblocking)
+    try:
+        if not nonblocking:
+            sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(local)
+        sock.connect(client)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
