@@ -23,9 +23,9 @@ from splicing.relay.leanloop import sessionLoop
 from splicing.relay.tcp import RelayFactory, RelayProtocol
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture
 def loop():
-    """The process's session loop: one epoll descriptor for good, made before any test counts descriptors."""
+    """The process's session loop (conftest's C{net} makes it before counting descriptors)."""
     return sessionLoop(reactor)
 
 

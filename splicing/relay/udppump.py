@@ -1,14 +1,15 @@
 """
-The UDP relay's datagram pump: every session socket of one relay in a
-private epoll, whose descriptor is the only reader the reactor sees.
+The UDP relay's datagram pump: every session socket of one relay in the
+process's private epoll (L{splicing.relay.leanloop}, which the TCP relay's
+lean sessions share), whose descriptor is the only reader the reactor sees.
 
 With many clients each readiness event carries a few datagrams of one
 session.  Through a Twisted port and a splice per direction, each event paid
 Twisted's per-selectable dispatch (C{callWithLogger}, C{doRead}), the
 splice's bookkeeping and a batch of clusters taken from the pool and given
-back: more than the two system calls that move the datagrams.  A pump turn
-asks its epoll for up to L{DatagramPump.EVENTS} ready sockets and moves one
-batch from each: one C{recvmmsg} into the pump's own buffers, one
+back: more than the two system calls that move the datagrams.  Each turn
+the loop hands the pump its ready sockets, and the pump moves one batch
+from each: one C{recvmmsg} into the pump's own buffers, one
 C{sendmmsg} to the socket on the other side, runs of equal sizes as GSO
 messages (the mbuf path's batches, L{splicing.buffers.mmsg}, set up once
 per relay instead of once per event).
@@ -23,11 +24,13 @@ A socket error (C{ECONNREFUSED}, ...) ends the session.
 
 import array
 import errno
+import functools
 import mmap
 import select
 import socket
 
 from splicing.buffers import mmsg
+from splicing.relay.leanloop import sessionLoop
 
 _OUT, _ERR = int(select.EPOLLOUT), int(select.EPOLLERR)
 
@@ -65,78 +68,63 @@ class DatagramPump:
     with L{start}, add and remove endpoints, L{stop} it with the relay.
     """
 
-    #: Datagrams per batch (one C{recvmmsg}), and ready sockets per turn:
-    #: bounded, so the listening socket and the timers get their turn.
+    #: Datagrams per batch (one C{recvmmsg}); the loop bounds the ready
+    #: sockets per turn, so the listening socket and the timers get theirs.
     BATCH = 64
-    EVENTS = 256
 
     def __init__(self, reactor):
         self.reactor = reactor
-        self._epoll = None
+        self._loop = None
         self._ends = {}  # fd -> Endpoint
         self._vec = None
         self._views = None
         self._full = None
 
-    # -- the reactor's view: one reader
-
-    def fileno(self):
-        return self._epoll.fileno()
-
-    def logPrefix(self):
-        return "udp-pump"
-
-    def connectionLost(self, reason):
-        """The reactor dropped its readers (shutdown): the relay stops the pump itself."""
-
     def start(self):
-        self._epoll = select.epoll()
-        self.reactor.addReader(self)
+        self._loop = sessionLoop(self.reactor)
 
     def stop(self):
-        if self._epoll is not None:
-            self.reactor.removeReader(self)
-            self._epoll.close()
-            self._epoll = None
+        if self._loop is not None:
+            for fd in list(self._ends):
+                self._loop.unregister(fd)
+            self._loop = None
         self._ends.clear()
 
     # -- endpoints
 
     def add(self, end):
-        self._epoll.register(end.fd, end.mask)
+        self._loop.register(end.fd, functools.partial(self._ready, end), end.mask)
         self._ends[end.fd] = end
 
     def remove(self, end):
         """Forget an endpoint; before its socket is closed (its number may be reused at once)."""
         if self._ends.get(end.fd) is end:
             del self._ends[end.fd]
-            if self._epoll is not None:
-                self._epoll.unregister(end.fd)
+            if self._loop is not None:
+                self._loop.unregister(end.fd)
 
     def _interest(self, end, mask):
         if end.mask != mask and self._ends.get(end.fd) is end:
             end.mask = mask
-            self._epoll.modify(end.fd, mask)
+            self._loop.modify(end.fd, mask)
 
-    # -- a turn
+    # -- a ready socket
 
-    def doRead(self):
-        ends = self._ends
-        for fd, events in self._epoll.poll(0, self.EVENTS):
-            end = ends.get(fd)
-            if end is None:
-                continue
-            if events & _OUT:
-                self._release(end)
-                if ends.get(fd) is not end:
-                    continue  # its session ended there
-            if events & ~_OUT:
-                if not end.held:
-                    self._move(end)
-                elif events & _ERR:  # not read while it holds: level-triggered, it would come back each turn
-                    error = end.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                    if error:
-                        end.session.end("error", error)
+    def _ready(self, end, events):
+        ends, fd = self._ends, end.fd
+        if ends.get(fd) is not end:
+            return
+        if events & _OUT:
+            self._release(end)
+            if ends.get(fd) is not end:
+                return  # its session ended there
+        if events & ~_OUT:
+            if not end.held:
+                self._move(end)
+            elif events & _ERR:  # not read while it holds: level-triggered, it would come back each turn
+                error = end.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if error:
+                    end.session.end("error", error)
 
     def _buffers(self):
         """The batch's buffers, made at the first batch: anonymous memory, only touched pages count."""
