@@ -125,6 +125,14 @@ class HTTPProxyProtocol(Protocol):
 
     # -- hooks for subclasses
 
+    @property
+    def _filtersRequests(self):
+        return type(self).filterRequest is not HTTPProxyProtocol.filterRequest
+
+    @property
+    def _filtersResponses(self):
+        return type(self).filterResponse is not HTTPProxyProtocol.filterResponse
+
     def filterRequest(self, head):
         """Raise L{HTTPError} to refuse a request; may edit C{head}."""
 
@@ -237,7 +245,9 @@ class HTTPProxyProtocol(Protocol):
             self.logs.extend(verdict.logs)
             if verdict.action == "block":
                 raise _ruleBlock(403, verdict.label or "blocked by a filter rule", f.rules.answers(verdict), verdict)
-        self.filterRequest(head)
+        if self._filtersRequests:
+            head.forgetRaw()  # a hook may edit the fields in place
+            self.filterRequest(head)
         self._headTimer.stop()
         self.count += 1
         f.report("httpRequest")
@@ -265,7 +275,9 @@ class HTTPProxyProtocol(Protocol):
             if verdict.action == "block":
                 raise _ruleBlock(502, verdict.label or "response blocked by a filter rule",
                                  self.factory.rules.answers(verdict), verdict)
-        self.filterResponse(request, response)
+        if self._filtersResponses:
+            response.forgetRaw()
+            self.filterResponse(request, response)
         self._cancelBackendTimer()
         self.responses.write(response.serialize())
         self.factory.report("httpResponse", response.status)
