@@ -113,6 +113,7 @@ class HTTPProxyProtocol(Protocol):
         self.ownBytes = 0  # the proxy's own error responses, for the metrics
         self.logs = []
         self.context = f.newContext(self.transport)
+        self._filtersRequests, self._filtersResponses = self._hooks()
         self._headTimer = Deadline(f.reactor, f.headerTimeout, self._headerTimeout)
         self._headTimer.start()
         self._backendTimer = Deadline(f.reactor, f.backendTimeout, self._backendTimeout)
@@ -125,13 +126,11 @@ class HTTPProxyProtocol(Protocol):
 
     # -- hooks for subclasses
 
-    @property
-    def _filtersRequests(self):
-        return type(self).filterRequest is not HTTPProxyProtocol.filterRequest
-
-    @property
-    def _filtersResponses(self):
-        return type(self).filterResponse is not HTTPProxyProtocol.filterResponse
+    def _hooks(self):
+        """Whether this class filters requests, responses in Python (see L{filterRequest})."""
+        cls = type(self)
+        return (cls.filterRequest is not HTTPProxyProtocol.filterRequest,
+                cls.filterResponse is not HTTPProxyProtocol.filterResponse)
 
     def filterRequest(self, head):
         """Raise L{HTTPError} to refuse a request; may edit C{head}."""
@@ -237,10 +236,12 @@ class HTTPProxyProtocol(Protocol):
             raise HTTPError(403, "protocol upgrade (%s) is not allowed here" % (head.upgrade,))
         if head.isConnect and not f.allowConnect:
             raise HTTPError(403, "CONNECT is not allowed here")
-        try:
-            verdict = f.applyRules("request", head, self.context)
-        except ValueError as e:  # an action the head refused (e.g. removing Host)
-            raise HTTPError(500, "a filter rule could not be applied: %s" % (e,))
+        verdict = None
+        if f.rules is not None:
+            try:
+                verdict = f.applyRules("request", head, self.context)
+            except ValueError as e:  # an action the head refused (e.g. removing Host)
+                raise HTTPError(500, "a filter rule could not be applied: %s" % (e,))
         if verdict is not None:
             self.logs.extend(verdict.logs)
             if verdict.action == "block":
@@ -266,10 +267,12 @@ class HTTPProxyProtocol(Protocol):
             raise HTTPError(502, "the backend answered a request nobody made")
         request = self.pending[0]
         response = parseResponseHead(data, request.method)
-        try:
-            verdict = self.factory.applyRules("response", response, self.context, request)
-        except ValueError as e:
-            raise HTTPError(502, "a filter rule could not be applied: %s" % (e,))
+        verdict = None
+        if self.factory.rules is not None:
+            try:
+                verdict = self.factory.applyRules("response", response, self.context, request)
+            except ValueError as e:
+                raise HTTPError(502, "a filter rule could not be applied: %s" % (e,))
         if verdict is not None:
             self.logs.extend(verdict.logs)
             if verdict.action == "block":
@@ -368,7 +371,7 @@ class HTTPProxyProtocol(Protocol):
         self.linger.start(self.transport)
 
     def flowError(self, flow, error):
-        """Bad framing found while a body was spliced: as if parsed here."""
+        """Bad framing found while a body was spliced, or a head refused that a flow read itself."""
         if flow is self.requests:
             self.fail(error)
         else:
