@@ -231,6 +231,10 @@ class _Head:
             return None, True
         if not cl:
             return None, False
+        if len(cl) == 1:
+            value = cl[0]
+            if value.isdigit() and value[:1] != b"0" and len(value) <= 18:  # one plain length: as is
+                return int(value), False
         lengths = set()
         for value in cl:
             for item in value.split(b","):
