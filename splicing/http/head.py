@@ -307,7 +307,7 @@ class RequestHead(_Head):
         self._absoluteHostCheck = absoluteHostCheck
         self.isConnect = method == "CONNECT"
         if raw is not None:
-            self._raw, self._rawStart = raw, (method, target, version)
+            self._raw, self._rawStart = raw, self._start()
         self._frame()
 
     def _start(self):
@@ -459,7 +459,7 @@ class ResponseHead(_Head):
         self.headers = headers
         self.requestMethod = requestMethod
         if raw is not None:
-            self._raw, self._rawStart = raw, (version, status, reason)
+            self._raw, self._rawStart = raw, self._start()
         self._frame()
 
     def _start(self):
