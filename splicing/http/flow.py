@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from splicing.core.base import Last
 from splicing.http.chunk import ChunkedReader
 from splicing.http.errors import HTTPError
-from splicing.http.head import HeadReader
+from splicing.http.headreader import HeadReader
 from splicing.core.result import Reason
 from splicing.relay.fallback import spliceOn
 from splicing.core.takeover import readWith, writeNow
