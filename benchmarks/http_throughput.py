@@ -2,7 +2,7 @@
 HTTP body throughput through the HTTP-filtering proxy, against references.
 
     python -m benchmarks.http_throughput [--size-mib 1024] [--repeat 2] [--small-seconds 3]
-                                         [--chunk-kib 1024]
+                                         [--chunk-kib 1024] [--small-only] [--baseline TREE]
                                          [--relays direct,http-proxy,tcp-relay,reverse-proxy]
 
 A raw-socket origin process (L{benchmarks._httpload}) serves a body from a
@@ -19,6 +19,9 @@ body per run.  Paths compared, each relay in its own process:
   - C{reverse-proxy}: C{twisted.web.proxy.ReverseProxyResource} in a Site;
   - C{haproxy-http}: HAProxy in HTTP mode (keep-alive, forced splicing, 1 MiB
     pipes), when installed;
+  - C{http-proxy-baseline} (with C{--baseline TREE}): the HTTP proxy of
+    another checkout of the project (e.g. C{git worktree add /tmp/main main}),
+    for a before/after comparison in one run;
   - C{NAME#2} (e.g. C{tcp-relay#2}): a second, identical relay, whose ratio to
     the first is the scatter of the run itself.
 
@@ -90,6 +93,9 @@ class Origin:
 
 
 class Relay:
+    #: the checkout an C{http-proxy-baseline} runs from (C{--baseline})
+    baseline = None
+
     def __init__(self, name, workdir, dest):
         self.name, self.workdir, self.dest = name, workdir, dest
         self.proc, self.port = None, None
@@ -98,7 +104,7 @@ class Relay:
     def command(self, port):
         d = str(self.dest)
         kind = relayKind(self.name)
-        if kind == "http-proxy":
+        if kind in ("http-proxy", "http-proxy-baseline"):
             return [PY, "-m", "benchmarks._httpload", "proxy", "--listen", str(port), "--connect", d]
         if kind == "reverse-proxy":
             return [PY, "-m", "benchmarks._httpload", "reverseproxy", "--listen", str(port), "--connect", d]
@@ -114,8 +120,13 @@ class Relay:
             self.port = self.dest
             return
         port = free_port()
+        env = _env()
+        if relayKind(self.name) == "http-proxy-baseline":
+            if not self.baseline:
+                raise BenchError("http-proxy-baseline needs --baseline TREE")
+            env["PYTHONPATH"] = os.path.abspath(self.baseline)
         with open(self.log, "wb") as logf:
-            self.proc = subprocess.Popen(self.command(port), cwd=self.workdir, env=_env(),
+            self.proc = subprocess.Popen(self.command(port), cwd=self.workdir, env=env,
                                          stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                          start_new_session=True)
         wait_listening(port, self.proc, time.monotonic() + 15, self.name)
@@ -165,27 +176,37 @@ def main(argv=None):
     p.add_argument("--small-seconds", type=float, default=3.0, help="seconds of small requests per run (3)")
     p.add_argument("--chunk-kib", type=int, default=CHUNK >> 10, help="KiB per chunk, 1 to 1024 (1024)")
     p.add_argument("--relays", default=",".join(RELAYS))
+    p.add_argument("--small-only", action="store_true",
+                   help="only the small keep-alive requests (no bodies, no warm-up with them)")
+    p.add_argument("--baseline", metavar="TREE",
+                   help="another checkout whose HTTP proxy runs as http-proxy-baseline (added to --relays)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     if not 0 < args.chunk_kib <= CHUNK >> 10:
         p.error("--chunk-kib must be from 1 to %d, not %d" % (CHUNK >> 10, args.chunk_kib))
     names = [n.strip() for n in args.relays.split(",") if n.strip()]
+    if args.baseline:
+        Relay.baseline = args.baseline
+        if "http-proxy-baseline" not in names:
+            names.insert(names.index("http-proxy") + 1 if "http-proxy" in names else 0, "http-proxy-baseline")
     nbytes = args.size_mib << 20
     t_start = time.monotonic()
     w = sys.stdout.write
     w("http_throughput: %d MiB bodies, %d interleaved repetitions, %d CPUs, Python %s\n"
       % (args.size_mib, args.repeat, os.cpu_count(), sys.version.split()[0]))
     sys.stdout.flush()
-    results, failures = measure(names, nbytes, args.repeat, args.small_seconds, args.verbose, args.chunk_kib << 10)
+    results, failures = measure(names, nbytes, args.repeat, args.small_seconds, args.verbose, args.chunk_kib << 10,
+                                bodies=not args.small_only)
     report(names, results, failures, args)
     w("(total %.0f s)\n" % (time.monotonic() - t_start))
     return 1 if failures else 0
 
 
-def measure(names, nbytes, repeat, small_seconds, verbose=False, chunk=CHUNK):
+def measure(names, nbytes, repeat, small_seconds, verbose=False, chunk=CHUNK, bodies=True):
     """
     Start the relays, warm each up with every case, then C{repeat}
     interleaved rounds; returns ({(relay, case): [client results]}, failures).
+    Without C{bodies}, only the small requests.
     """
     w = sys.stdout.write
     workdir = tempfile.mkdtemp(prefix="splicing-httpbench-")
@@ -202,7 +223,7 @@ def measure(names, nbytes, repeat, small_seconds, verbose=False, chunk=CHUNK):
                 kill(r.proc)
                 failures.append("%s did not start: %s" % (n, e))
         # warm-up and sanity: one small body both ways through each
-        for n in list(relays):
+        for n in list(relays) if bodies else []:
             try:
                 for what, chunked in CASES:
                     if unsupported(n, (what, chunked)):
@@ -213,7 +234,7 @@ def measure(names, nbytes, repeat, small_seconds, verbose=False, chunk=CHUNK):
             except BenchError as e:
                 failures.append("%s warm-up failed: %s" % (n, e))
         for rep in range(repeat):
-            for case in CASES + [("small", False)]:
+            for case in (CASES if bodies else []) + [("small", False)]:
                 for n in relays:
                     what, chunked = case
                     if unsupported(n, case):
@@ -251,21 +272,35 @@ def report(names, results, failures, args, out=sys.stdout):
     chunk = args.chunk_kib << 10
     gbps = lambda r: r["bytes"] / r["secs"] / 1e9
     cpu = lambda r: (r["relay_cpu"] / (r["bytes"] / 1e9)) if r.get("relay_cpu") is not None else float("nan")
-    w("\n%-30s" % "GB/s (median)" + "".join("%15s" % n for n in names) + "   proxy/revproxy  proxy/tcp-relay\n")
+    small_only = getattr(args, "small_only", False)
+    if not small_only:
+        w("\n%-30s" % "GB/s (median)" + "".join("%15s" % n for n in names) + "   proxy/revproxy  proxy/tcp-relay\n")
     verdicts = []
-    for case in CASES:
+    for case in [] if small_only else CASES:
         med = {n: _median(results[(n, case)], gbps) for n in names}
         xr = med["http-proxy"] / med["reverse-proxy"] if med.get("http-proxy") and med.get("reverse-proxy") else None
         xt = med["http-proxy"] / med["tcp-relay"] if med.get("http-proxy") and med.get("tcp-relay") else None
         w("%-30s" % case_name(case, chunk) + "".join("%15s" % fmt(med[n]) for n in names)
           + "%17s%17s\n" % (fmt(xr), fmt(xt)))
         verdicts.append((case, xr, xt))
-    w("\n%-30s" % "relay CPU s/GB (median)" + "".join("%15s" % n for n in names) + "\n")
-    for case in CASES:
+    if not small_only:
+        w("\n%-30s" % "relay CPU s/GB (median)" + "".join("%15s" % n for n in names) + "\n")
+    for case in [] if small_only else CASES:
         w("%-30s" % case_name(case, chunk) + "".join(
             "%15s" % fmt(_median(results[(n, case)], cpu), "%.3f") for n in names) + "\n")
     rps = {n: _median(results[(n, ("small", False))], lambda r: r["requests"] / r["secs"]) for n in names}
+    perRequest = {n: _median([r for r in results[(n, ("small", False))] if r.get("relay_cpu") is not None],
+                             lambda r: 1e6 * r["relay_cpu"] / r["requests"]) for n in names}
+    if small_only:
+        w("\n%-30s" % "" + "".join("%15s" % n[:14] for n in names))
     w("\n%-30s" % "small keep-alive req/s" + "".join("%15s" % fmt(rps[n], "%.0f") for n in names) + "\n")
+    w("%-30s" % "  relay CPU us/request" + "".join("%15s" % fmt(perRequest[n], "%.1f") for n in names) + "\n")
+    for n in names:
+        if relayKind(n) == "http-proxy-baseline" and rps.get(n) and rps.get("http-proxy"):
+            w("%-30s %.2fx the requests/s, %s the CPU per request\n" % (
+                "  http-proxy / " + n, rps["http-proxy"] / rps[n],
+                fmt(perRequest["http-proxy"] / perRequest[n] if perRequest.get(n) and perRequest.get("http-proxy")
+                    else None, "%.2fx")))
     w("\nTargets (http-proxy%s):\n" % ("" if chunk == CHUNK else "; the issue sets them for 1 MiB chunks"))
     for case, xr, xt in verdicts:
         w("  %-28s vs reverse-proxy %sx (>= %.1fx: %s)   vs tcp-relay %sx (>= %.2fx: %s)\n" % (

@@ -15,6 +15,11 @@ accepted heads re-serialize stably.  What is added here:
   sees exactly it, nothing before its end, and it parses to the same request
   (method, target, fields, framing, keep-alive, upgrade), so the backend
   cannot read it as something else or as two messages;
+- a head in the one form a head is written in is checked by one regular
+  expression and forwarded as it came (C{serialize()} returns its bytes):
+  for mutated requests and responses that verdict, the fields and the bytes
+  forwarded are exactly those of the line-by-line parse, which decides every
+  other head (refusing or normalizing it);
 - mutated chunked bodies fed in random pieces give the same verdict as at
   once, and what the reader forwards (frames and data) decodes again to the
   same body and the same rest, so the next pipelined head starts where the
@@ -25,7 +30,8 @@ from hypothesis import example, given, settings, strategies as st
 
 from splicing.http.chunk import ChunkedReader
 from splicing.http.errors import HTTPError
-from splicing.http.head import HeadReader, parseRequestHead
+from splicing.http import head as headModule
+from splicing.http.head import HeadReader, RequestHead, ResponseHead, parseRequestHead, parseResponseHead
 
 FUZZ = settings(max_examples=200, deadline=None)
 
@@ -44,6 +50,18 @@ def requests(draw):
     version = draw(st.sampled_from(["HTTP/1.1", "HTTP/1.0"]))
     fields = [("Host", "example.com")] + draw(st.lists(st.tuples(_names, _values), max_size=5))
     text = "%s %s %s\r\n" % (method, target, version) + "".join("%s: %s\r\n" % f for f in fields) + "\r\n"
+    return text.encode("latin-1")
+
+
+@st.composite
+def responses(draw):
+    """A response head, often valid, often already in the form the proxy writes."""
+    start = draw(st.sampled_from(["HTTP/1.1 200 OK", "HTTP/1.0 204 No Content", "HTTP/1.1 304 ", "HTTP/1.1 101 x",
+                                  "HTTP/1.1 200", "HTTP/1.1 599 \xe9t\xe9", "HTTP/2.0 200 OK", "HTTP/1.1 099 x"]))
+    fields = draw(st.lists(st.tuples(_names, _values), max_size=5))
+    sep = draw(st.sampled_from([": ", ":", ":  ", ": \t"]))
+    text = start + "\r\n" + "".join("%s%s%s\r\n" % (n, sep if i == 0 else ": ", v)
+                                     for i, (n, v) in enumerate(fields)) + "\r\n"
     return text.encode("latin-1")
 
 
@@ -140,6 +158,41 @@ def test_what_the_proxy_forwards_is_one_head_meaning_the_same(data):
     again = parseRequestHead(out)
     assert meaning(again) == meaning(head)
     assert again.serialize() == out
+
+
+def _verdict(make):
+    try:
+        head = make()
+    except HTTPError as e:
+        return e.status
+    return head.serialize(), head.bodyKind, head.contentLength, head.keepAlive
+
+
+@FUZZ
+@given(mutations(requests()))
+@example(b"GET / HTTP/1.1\r\nHost: example.com \r\n\r\n")  # trailing space: normalized
+@example(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 05\r\n\r\n")  # normalized by framing
+@example(b"GET /#f HTTP/1.1\r\nHost: a\r\n\r\n")
+def test_a_head_forwarded_as_it_came_is_what_the_line_parse_would_write(data):
+    """
+    The one-expression check accepts no head the line-by-line parse would
+    refuse or write differently: same verdict, same fields, same bytes out.
+    """
+    lines = lambda: RequestHead(*headModule._requestLines(data)[:4])
+    verdict = _verdict(lambda: parseRequestHead(data))
+    assert verdict == _verdict(lines)
+    if headModule._canonicalRequest(data) is not None and not isinstance(verdict, int):
+        assert parseRequestHead(data).headers == lines().headers
+
+
+@FUZZ
+@given(st.one_of(responses(), mutations(responses())), st.sampled_from(["GET", "HEAD", "CONNECT"]))
+def test_a_response_forwarded_as_it_came_is_what_the_line_parse_would_write(data, method):
+    lines = lambda: ResponseHead(*headModule._responseLines(data)[:4], method)
+    verdict = _verdict(lambda: parseResponseHead(data, method))
+    assert verdict == _verdict(lines)
+    if headModule._canonicalResponse(data) is not None and not isinstance(verdict, int):
+        assert parseResponseHead(data, method).headers == lines().headers
 
 
 _ext = st.sampled_from([b"", b";a", b";a=b", b' ; q="x;y"'])

@@ -290,6 +290,36 @@ def test_request_round_trip():
     assert head.headers[-1] == [b"X-Empty", b""]
 
 
+@pytest.mark.parametrize("change, expected", [
+    (lambda h: h.setHeader("X-A", "2"), req(b"X-A: 2", start=b"GET /a?b HTTP/1.1")),
+    (lambda h: setattr(h, "path", "/z"), req(b"X-A: 1", start=b"GET /z?b HTTP/1.1")),
+    (lambda h: setattr(h, "query", None), req(b"X-A: 1", start=b"GET /a HTTP/1.1")),
+    (lambda h: setattr(h, "method", "PUT"), req(b"X-A: 1", start=b"PUT /a?b HTTP/1.1")),
+    (lambda h: (h.headers[1].__setitem__(1, b"3"), h.frame()), req(b"X-A: 3", start=b"GET /a?b HTTP/1.1")),
+    (lambda h: (h.headers.append([b"Y", b"4"]), h.forgetRaw()), req(b"X-A: 1", b"Y: 4", start=b"GET /a?b HTTP/1.1")),
+])
+def test_a_head_forwarded_as_it_came_until_changed(change, expected):
+    """
+    A head already in the written form goes out as its own bytes; every way
+    of changing it (the methods, the path and query setters, a start line
+    attribute, a field changed in place then frame() or forgetRaw()) is
+    what goes out instead.
+    """
+    raw = req(b"X-A: 1", start=b"GET /a?b HTTP/1.1")
+    head = parseRequestHead(raw)
+    assert head.serialize() is raw
+    change(head)
+    assert head.serialize() == expected
+
+
+def test_a_response_forwarded_as_it_came_until_changed():
+    raw = resp(b"Content-Length: 0")
+    head = parseResponseHead(raw, "GET")
+    assert head.serialize() is raw
+    head.reason = "Fine"
+    assert head.serialize() == resp(b"Content-Length: 0", start=b"HTTP/1.1 200 Fine")
+
+
 def test_header_editing():
     head = parseRequestHead(req(b"X-A: 1", b"Via: a", b"x-a: 2", b"Via: b"))
     assert head.getHeader("x-A") == [b"1", b"2"] == head.getHeader(b"X-A")

@@ -1287,3 +1287,27 @@ async def test_bad_chunk_size_line(net, line, timing):
     assert_error(got, 400)
     assert not origin.requests
     assert line + b"\r\nhello" not in origin.received
+
+
+@pytest_twisted.ensureDeferred
+async def test_filter_hooks_editing_fields_in_place(net):
+    """
+    A subclass's filterRequest/filterResponse that change a head's fields in
+    place (no method, no frame()) still have their change forwarded: a head
+    is sent as it came only when nothing could have changed it.
+    """
+    origin = WebOrigin(net)
+    proxy = Proxy(net, [origin])
+
+    class Editing(proxy.factory.protocol):
+        def filterRequest(self, head):
+            head.headers.append([b"X-Hook", b"request"])
+
+        def filterResponse(self, request, response):
+            response.headers[0][1] = b"edited"
+
+    proxy.factory.protocol = Editing
+    got = await raw(proxy.portno, request_bytes("GET", "/headers", headers=[("Connection", "close")]))
+    r = one_response(got[0])
+    assert ["X-Hook", "request"] in json.loads(r.body)["headers"]
+    assert r.headers[0][1] == "edited", r.headers

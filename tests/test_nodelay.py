@@ -74,7 +74,7 @@ async def test_tcp_relay_sets_no_delay_both_ways(net, monkeypatch):
 
 @pytest_twisted.ensureDeferred
 async def test_http_proxy_sets_no_delay_both_ways(net, monkeypatch):
-    seen = record(monkeypatch, "splicing.http.proxy")
+    seen = record(monkeypatch, "splicing.http.session")
     origin = WebOrigin(net)
     proxy = Proxy(net, [origin])
     got, secs, how = await raw(proxy.portno, request_bytes("GET", "/fixed/10", headers=[("Connection", "close")]))

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from splicing.core.base import Last
 from splicing.http.chunk import ChunkedReader
 from splicing.http.errors import HTTPError
-from splicing.http.head import HeadReader
+from splicing.http.headreader import HeadReader
 from splicing.core.result import Reason
 from splicing.relay.fallback import spliceOn
 from splicing.core.takeover import readWith, writeNow
@@ -47,8 +47,8 @@ class Flow:
 
     The owner provides C{headReceived(flow, headBytes)} (which calls
     L{startBody} or L{wait}), C{bodyDone(flow)}, C{flowFailed(flow, reason,
-    error)}, C{flowError(flow, httpError)} (bad framing found while spliced)
-    and C{sourceEnded(flow)}.
+    error)}, C{flowError(flow, httpError)} (bad framing found while spliced,
+    or a head refused that came from a peek) and C{sourceEnded(flow)}.
 
     @ivar spliced: body bytes moved by splices.
     @ivar copied: bytes written from user land (heads, framing, body bytes
@@ -147,13 +147,38 @@ class Flow:
         if not peeking:
             t.protocol.dataReceived(data)
             return None
-        size = self.reader.headLength(data)
+        r = self.reader
+        size = r.headLength(data)
         self._peek, self._peekSocket, self._taken = data, sock, size
         try:
-            t.protocol.dataReceived(data if size == len(data) else data[:size])
+            if r.buffered:  # the rest of a head begun earlier
+                t.protocol.dataReceived(data if size == len(data) else data[:size])
+            else:
+                self._peekedHead(data if size == len(data) else data[:size])
         finally:
             self._consume()
         return None
+
+    def _peekedHead(self, data):
+        """
+        The start of a head, or all of it, from a peek at a socket: to the
+        owner directly, as C{dataReceived} would hand it on (no bytes
+        follow it here), without the protocol and L{_feed} in between.  A
+        refusal goes to the owner's C{flowError}, as one found while spliced.
+        """
+        try:
+            head, _ = self.reader.feed(data)
+            if head is None:
+                return  # a head in pieces: the reader holds the first
+            self._feeding = True
+            try:
+                self.owner.headReceived(self, head)
+            finally:
+                self._feeding = False
+        except HTTPError as e:
+            self.owner.flowError(self, e)
+            return
+        self._bodyFromSocket()
 
     def _consume(self):
         """Take from the socket what was handed over from the peek (before anything else reads it)."""

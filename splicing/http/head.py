@@ -6,14 +6,17 @@ framing decided here (L{RequestHead.bodyKind}, C{contentLength}) is the
 length handed to C{splice(max=N)}: any ambiguity a backend could read
 differently is a request smuggling hole.  Hence fail closed, like relayd:
 one Content-Length or one C{Transfer-Encoding: chunked}, never both, no
-obs-fold, no bare LF, no NUL, tokens where tokens belong.  Heads are
-re-serialized (one C{Name: value} form) rather than forwarded verbatim, so
-whitespace variants never reach a backend.
+obs-fold, no bare LF, no NUL, tokens where tokens belong.  A head is
+forwarded as it came only when it is already in the one form a head is
+written in (C{Name: value}, single spaces, nothing to normalize) and nothing
+edited it; any other head is re-serialized in that form, so whitespace
+variants never reach a backend.
 """
 
 import re
 
 from splicing.http.errors import HTTPError, errorResponse  # noqa: F401 (part of this API)
+from splicing.http.headreader import HeadReader  # noqa: F401 (part of this API)
 
 MAX_LENGTH = 2**63 - 1
 _TCHAR = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
@@ -24,6 +27,17 @@ _DIGITS = re.compile(rb"[0-9]+")
 _REQUEST_LINE = re.compile(rb"([%s]+) ([\x21-\x7e]+) (HTTP/[0-9]\.[0-9])" % _TCHAR)
 _STATUS_LINE = re.compile(rb"(HTTP/[0-9]\.[0-9]) ([1-5][0-9][0-9])(?: ([\t\x20-\x7e\x80-\xff]*))?")
 _VERSIONS = ("HTTP/1.0", "HTTP/1.1")
+# A head already in the form L{_Head.serialize} writes: one space after each
+# colon, no whitespace around values, no NUL/CR/LF but the line ends, HTTP/1.0
+# or 1.1, no fragment.  Most heads are; the proxy takes their fields with one C{findall}
+# and forwards their bytes.  Whatever this refuses, the line-by-line parse
+# decides (refusing it, or normalizing it), so it accepts nothing more.
+_VCHAR = rb"\x21-\x7e\x80-\xff"
+_CANONICAL_FIELDS = rb"((?:[%s]+: (?:[%s](?:[\t\x20%s]*[%s])?)?\r\n)*)\r\n" % (_TCHAR, _VCHAR, _VCHAR, _VCHAR)
+_CANONICAL_REQUEST = re.compile(rb"([%s]+) ([\x21\x22\x24-\x7e]+) (HTTP/1\.[01])\r\n" % _TCHAR + _CANONICAL_FIELDS)
+_CANONICAL_RESPONSE = re.compile(rb"(HTTP/1\.[01]) ([1-5][0-9][0-9]) ([\t\x20-\x7e\x80-\xff]*)\r\n"
+                                 + _CANONICAL_FIELDS)
+_CANONICAL_FIELD = re.compile(rb"([^:]+): ([^\r]*)\r\n")
 # host [":" port]: a DNS-like name, IPv4 or [IPv6]; no userinfo, no oddities
 # that a backend might split differently from a host rule.
 _AUTHORITY = re.compile(r"([A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?")
@@ -113,6 +127,8 @@ class _Head:
     """Fields and the editing shared by request and response heads."""
 
     _errorStatus = 400
+    #: the bytes the head came as, and its start line then (see L{serialize})
+    _raw = _rawStart = None
 
     def getHeader(self, name):
         """All values of C{name} (case-insensitive), in order."""
@@ -152,8 +168,9 @@ class _Head:
         """Apply C{change} to the field list; roll back if the head breaks."""
         saved = dict(self.__dict__)
         self.headers = change(list(self.headers))
+        self._raw = None
         try:
-            self.frame()
+            self._frame()
         except HTTPError as e:
             self.__dict__.clear()
             self.__dict__.update(saved)
@@ -211,9 +228,14 @@ class _Head:
                 _fail(status, "Transfer-Encoding other than chunked")
             if te[0] != b"chunked":  # "Chunked": a backend comparing case-sensitively would not frame it
                 self.headers = _replaced(self.headers, [b"Transfer-Encoding", b"chunked"])
+                self._raw = None
             return None, True
         if not cl:
             return None, False
+        if len(cl) == 1:
+            value = cl[0]
+            if value.isdigit() and value[:1] != b"0" and len(value) <= 18:  # one plain length: as is
+                return int(value), False
         lengths = set()
         for value in cl:
             for item in value.split(b","):
@@ -229,10 +251,37 @@ class _Head:
         length = lengths.pop()
         if cl != [b"%d" % length]:
             self.headers = _replaced(self.headers, [b"Content-Length", b"%d" % length])
+            self._raw = None
         return length, False
 
+    def frame(self):
+        """
+        Validate the head and recompute the framing attributes: call it
+        after changing C{headers} or the start line directly (the methods do).
+        """
+        self._raw = None
+        self._frame()
+
+    def forgetRaw(self):
+        """
+        Serialize this head from its fields from now on, not forward the
+        bytes it came as: for code that may have changed C{headers} in place
+        without calling L{frame}.
+        """
+        self._raw = None
+
     def serialize(self):
-        """The head as bytes (start line, fields, empty line), after any changes."""
+        """
+        The head as bytes (start line, fields, empty line), after any
+        changes.  A head that came in this very form (L{parseRequestHead}
+        says so) and was not changed since is its own bytes: nothing to
+        join.  A change through the methods, L{frame}, the C{path} and
+        C{query} setters, or a start line attribute set directly, makes it
+        serialized.
+        """
+        raw = self._raw
+        if raw is not None and self._rawStart == self._start():
+            return raw
         fields = b"".join(n + b": " + v + b"\r\n" for n, v in self.headers)
         return self._startLine().encode("latin-1") + b"\r\n" + fields + b"\r\n"
 
@@ -253,14 +302,19 @@ class RequestHead(_Head):
 
     _errorStatus = 400
 
-    def __init__(self, method, target, version, headers, absoluteHostCheck=True):
+    def __init__(self, method, target, version, headers, absoluteHostCheck=True, raw=None):
         self.method, self.target, self.version = method, target, version
         self.headers = headers
         self._absoluteHostCheck = absoluteHostCheck
         self.isConnect = method == "CONNECT"
-        self.frame()
+        if raw is not None:
+            self._raw, self._rawStart = raw, self._start()
+        self._frame()
 
-    def frame(self):
+    def _start(self):
+        return self.method, self.target, self.version
+
+    def _frame(self):
         """Validate Host/target and recompute the framing attributes."""
         fields = self._decisive()
         self._checkTarget()
@@ -335,6 +389,7 @@ class RequestHead(_Head):
         if not path or not _PATH.fullmatch(value):
             raise ValueError("cannot set path %r on %s" % (value, self.target))
         self.target = prefix + value + ("" if query is None else "?" + query)
+        self._raw = None
 
     @property
     def query(self):
@@ -347,6 +402,7 @@ class RequestHead(_Head):
         if not path or (value is not None and not _QUERY.fullmatch(value)):
             raise ValueError("cannot set query %r on %s" % (value, self.target))
         self.target = prefix + path + ("" if value is None else "?" + value)
+        self._raw = None
 
     def _startLine(self):
         return "%s %s %s" % (self.method, self.target, self.version)
@@ -360,7 +416,7 @@ class RequestHead(_Head):
         goes on as plain HTTP/1.1, as nginx and HAProxy send it.  Whether
         anything changed.
         """
-        if b"upgrade" not in self._decisive():
+        if b"upgrade" not in self._fields:  # as framed last (every change frames)
             return False
         offers = [o.strip(_OWS) for v in self._fields[b"upgrade"] for o in v.split(b",")]
         kept = [o for o in offers if o and o.split(b"/")[0].lower() != protocol.lower()]
@@ -399,13 +455,18 @@ class ResponseHead(_Head):
 
     _errorStatus = 502
 
-    def __init__(self, version, status, reason, headers, requestMethod):
+    def __init__(self, version, status, reason, headers, requestMethod, raw=None):
         self.version, self.status, self.reason = version, status, reason
         self.headers = headers
         self.requestMethod = requestMethod
-        self.frame()
+        if raw is not None:
+            self._raw, self._rawStart = raw, self._start()
+        self._frame()
 
-    def frame(self):
+    def _start(self):
+        return self.version, self.status, self.reason
+
+    def _frame(self):
         """Validate and recompute the framing attributes."""
         self._decisive()
         length, chunked = self._framing()
@@ -429,12 +490,18 @@ class ResponseHead(_Head):
         return "%s %d %s" % (self.version, self.status, self.reason)
 
 
-def parseRequestHead(data, *, absoluteHostCheck=True):
-    """
-    Parse a complete request head (as returned by L{HeadReader.feed}).
-    With C{absoluteHostCheck} false, an absolute-form or CONNECT target may
-    name another host than the Host field (the target wins, RFC 9112 3.2.2).
-    """
+def _canonicalRequest(data):
+    """C{(method, target, version, headers, data)} of a head in the one form, or None."""
+    m = _CANONICAL_REQUEST.fullmatch(data)
+    if m is None:
+        return None
+    method, target, version, fields = m.groups()
+    headers = [[n, v] for n, v in _CANONICAL_FIELD.findall(fields)]
+    return method.decode("ascii"), target.decode("ascii"), version.decode("ascii"), headers, bytes(data)
+
+
+def _requestLines(data):
+    """C{(method, target, version, headers, None)} of any head, each line checked on its own."""
     lines = _splitHead(data, 400)
     m = _REQUEST_LINE.fullmatch(lines[0])
     if not m:
@@ -444,105 +511,40 @@ def parseRequestHead(data, *, absoluteHostCheck=True):
         _fail(505, "unsupported HTTP version %s" % version)
     if "#" in target:
         _fail(400, "fragment in request target")
-    headers = [parseField(line, 400) for line in lines[1:]]
-    return RequestHead(method, target, version, headers, absoluteHostCheck)
+    return method, target, version, [parseField(line, 400) for line in lines[1:]], None
 
 
-def parseResponseHead(data, requestMethod):
-    """Parse a complete response head to a request made with C{requestMethod}."""
+def parseRequestHead(data, *, absoluteHostCheck=True):
+    """
+    Parse a complete request head (as returned by L{HeadReader.feed}).
+    With C{absoluteHostCheck} false, an absolute-form or CONNECT target may
+    name another host than the Host field (the target wins, RFC 9112 3.2.2).
+    """
+    method, target, version, headers, raw = _canonicalRequest(data) or _requestLines(data)
+    return RequestHead(method, target, version, headers, absoluteHostCheck, raw)
+
+
+def _canonicalResponse(data):
+    """C{(version, status, reason, headers, data)} of a head in the one form, or None."""
+    m = _CANONICAL_RESPONSE.fullmatch(data)
+    if m is None:
+        return None
+    version, status, reason, fields = m.groups()
+    headers = [[n, v] for n, v in _CANONICAL_FIELD.findall(fields)]
+    return version.decode("ascii"), int(status), reason.decode("latin-1"), headers, bytes(data)
+
+
+def _responseLines(data):
+    """C{(version, status, reason, headers, None)} of any head, each line checked on its own."""
     lines = _splitHead(data, 502)
     m = _STATUS_LINE.fullmatch(lines[0])
     if not m or m.group(1).decode() not in _VERSIONS:
         _fail(502, "malformed status line")
     headers = [parseField(line, 502) for line in lines[1:]]
-    return ResponseHead(m.group(1).decode(), int(m.group(2)), (m.group(3) or b"").decode("latin-1"),
-                        headers, requestMethod)
+    return m.group(1).decode(), int(m.group(2)), (m.group(3) or b"").decode("latin-1"), headers, None
 
 
-class HeadReader:
-    """
-    Find the end of a head in a byte stream, refusing oversized or
-    malformed framing as early as possible.  Work is O(n) over all input: a
-    scan offset remembers where the current unterminated line starts.
-    After a head is returned the reader is ready for the next one.
-    """
-
-    def __init__(self, limit=8192, maxLines=100):
-        self.limit, self.maxLines = limit, maxLines
-        self.reset()
-
-    @property
-    def buffered(self):
-        """Bytes of an unfinished head held so far (a slowloris sends a few)."""
-        return len(self._buf)
-
-    def reset(self):
-        """Forget any partial head (for the next message on a connection)."""
-        self._buf = bytearray()
-        self._scan = 0   # start of the line being looked at
-        self._seek = 0   # where the search for its LF resumes
-        self._start = 0  # where the head starts (after one tolerated CRLF)
-        self._lines = 0
-
-    def _whole(self, data):
-        """
-        Whether C{data} is exactly one complete head that the line-by-line
-        scan would accept: what a socket reader took after a peek usually
-        is.  Checked with a few scans in C; anything else (a head in pieces,
-        bytes after it, anything the scan would refuse or tolerate) takes the
-        scan, which says exactly what is wrong.
-        """
-        n = len(data)
-        if n > self.limit or data[-4:] != b"\r\n\r\n" or data[:2] == b"\r\n":
-            return False
-        crlf = data.count(b"\r\n")
-        return (
-            data.find(b"\r\n\r\n") == n - 4
-            and data.count(b"\n") == crlf
-            and crlf - 1 <= self.maxLines
-            and b"\0" not in data
-        )
-
-    def headLength(self, data):
-        """
-        How many bytes of C{data} (peeked, not fed yet) the current head
-        takes: through its empty line, or all of them.  A reader of a socket
-        takes that many, so the body behind the head stays in the socket.
-        """
-        tail = bytes(self._buf[-3:])  # the empty line may have begun already
-        end = (tail + data).find(b"\r\n\r\n")
-        return len(data) if end < 0 else end + 4 - len(tail)
-
-    def feed(self, data):
-        """C{(head, rest)} once the empty line is seen, else C{(None, b"")}."""
-        if not self._buf and self._whole(data):
-            return bytes(data), b""
-        buf = self._buf
-        buf += data
-        while True:
-            bound = self._start + self.limit
-            nl = buf.find(b"\n", self._seek, bound)
-            if nl < 0:
-                self._seek = max(self._seek, min(len(buf), bound))
-                break
-            begin, self._scan = self._scan, nl + 1
-            self._seek = self._scan
-            if nl == begin or buf[nl - 1] != 13:
-                _fail(400, "bare LF in head")
-            if buf.find(b"\0", begin, nl) >= 0:
-                _fail(400, "NUL byte in head")
-            if nl - 1 > begin:
-                self._lines += 1
-                if self._lines > self.maxLines:
-                    _fail(431, "more than %d lines in head" % self.maxLines)
-            elif self._lines:
-                head, rest = bytes(buf[self._start:self._scan]), bytes(buf[self._scan:])
-                self.reset()
-                return head, rest
-            elif self._start:
-                _fail(400, "more than one empty line before the head")
-            else:
-                self._start = self._scan
-        if len(buf) - self._start > self.limit:
-            _fail(431, "head longer than %d bytes" % self.limit)
-        return None, b""
+def parseResponseHead(data, requestMethod):
+    """Parse a complete response head to a request made with C{requestMethod}."""
+    version, status, reason, headers, raw = _canonicalResponse(data) or _responseLines(data)
+    return ResponseHead(version, status, reason, headers, requestMethod, raw)
