@@ -178,8 +178,8 @@ class Balancer:
         This connect's targets: the policy's choice first, those held off
         after a failed connect last, those whose check failed not at all.
         """
-        if not self.targets:
-            return []
+        if len(self.targets) < 2:  # nothing to choose or sort (the common single backend)
+            return [t for t in self.targets if t.up]
         now = self.reactor.seconds()
         turn = [t for t in self._turn(client) if t.up]
         return [t for t in turn if t.downUntil <= now] + sorted(
