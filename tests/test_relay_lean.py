@@ -224,3 +224,27 @@ async def test_directions_wait_their_turn_for_a_pipe(net, request, loop, monkeyp
     assert all(c.nbytes == 1_500_000 for c in clients)
     await settled(factory, loop)
     assert sorted(s["bytes_out"] for s in factory.ended) == [len(up) for up in ups]
+
+
+@pytest_twisted.ensureDeferred
+async def test_connect_timeout_fails_over(net, request, loop):
+    """A backend that never answers the handshake: the connect times out and the next target serves."""
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)  # never accepted: once its one backlog slot is taken, SYNs go unanswered
+    filler = [socket.socket() for _ in range(3)]
+    for f in filler:
+        f.setblocking(False)
+        f.connect_ex(full.getsockname())
+    sport, servers = server(net, 4, PeerCfg(data=b"pong"))
+    factory, port = relay(net, request, [(4, full.getsockname()[1]), (4, sport.getHost().port)], connectTimeout=0.5)
+    began = reactor.seconds()
+    c = await client(net, 4, port, PeerCfg(data=b"ping"))
+    await wait(c.lost, what="the client's end")
+    for s in filler + [full]:
+        s.close()
+    assert bytes(c.received) == b"pong"
+    assert 0.5 <= reactor.seconds() - began < 2.0, "failed over after the timeout (swept at most 1/4 late)"
+    first = factory.balancer.targets[0]
+    assert first.connectErrors == 1 and "timed out" in first.why
+    await settled(factory, loop)

@@ -52,8 +52,9 @@ _STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 
 def _address(endpoint):
     """
-    (family, (host, port), bind address or None, "HOST:PORT") of a TCP
-    client endpoint naming an address; None for any other endpoint.
+    (family, (host, port), bind address or None, "HOST:PORT", the
+    endpoint's own connect timeout) of a TCP client endpoint naming an
+    address; None for any other endpoint.
     """
     if type(endpoint) not in (TCP4ClientEndpoint, TCP6ClientEndpoint):
         return None
@@ -67,7 +68,8 @@ def _address(endpoint):
     else:
         return None
     port = endpoint._port
-    return family, (host, port), getattr(endpoint, "_bindAddress", None), ("[%s]:%s" if ":" in host else "%s:%s") % (host, port)
+    return (family, (host, port), getattr(endpoint, "_bindAddress", None),
+            ("[%s]:%s" if ":" in host else "%s:%s") % (host, port), getattr(endpoint, "_timeout", 30) or 0)
 
 
 def servable(factory, port):
@@ -122,7 +124,9 @@ class LeanListener:
         self.loop = sessionLoop(factory.reactor)
         self.addresses = {id(t): _address(t.endpoint) for t in factory.balancer.targets}
         reactor = factory.reactor
-        tick = min(1.0, (factory.balancer.timeout or 10.0) / 4.0)
+        shortest = min([factory.balancer.timeout or a[4] for a in self.addresses.values() if a[4] or
+                        factory.balancer.timeout] or [4.0])
+        tick = min(1.0, shortest / 4.0)
         self.connecting = DeadlineSweep(reactor, tick)  # connect timeouts: one timer, not one per session
         self._family = port.socket.family
         self._accept = port.socket._accept  # (fd, address): no Python socket object to build
@@ -222,7 +226,7 @@ class LeanSession(Readings):
             self._why = connectFailure(self._failure or ValueError("no backend endpoint"), self.factory.balancer.timeout)
             self._close("connect-failed")
             return
-        family, address, bind, _ = self.listener.addresses[id(self._order[0])]
+        family, address, bind, _, ownTimeout = self.listener.addresses[id(self._order[0])]
         try:
             s = _socket.socket(family, _STREAM)  # (the C object: no Python wrapper to build and close)
         except OSError as e:
@@ -240,7 +244,8 @@ class LeanSession(Readings):
         if err == errno.EINPROGRESS:
             self.loop.register(s.fileno(), self._backendEvent, OUT)
             self._masks[1] = OUT
-            timeout = self.factory.balancer.timeout
+            # The balancer's connect timeout, else the endpoint's (Twisted's connectTCP applies it).
+            timeout = self.factory.balancer.timeout or ownTimeout
             if timeout:
                 self.listener.connecting.add(self, timeout, self._timedOut)
         elif err:
