@@ -124,9 +124,8 @@ class LeanListener:
         self.loop = sessionLoop(factory.reactor)
         self.addresses = {id(t): _address(t.endpoint) for t in factory.balancer.targets}
         reactor = factory.reactor
-        shortest = min([factory.balancer.timeout or a[4] for a in self.addresses.values() if a[4] or
-                        factory.balancer.timeout] or [4.0])
-        tick = min(1.0, shortest / 4.0)
+        timeouts = [factory.balancer.timeout or a[4] for a in self.addresses.values()]
+        tick = min(1.0, min([t for t in timeouts if t] or [4.0]) / 4.0)
         self.connecting = DeadlineSweep(reactor, tick)  # connect timeouts: one timer, not one per session
         self._family = port.socket.family
         self._accept = port.socket._accept  # (fd, address): no Python socket object to build
@@ -161,6 +160,7 @@ class LeanListener:
             LeanSession(self, _socket.socket(family, socket.SOCK_STREAM, 0, fd), address).accepted()
         port.numberAccepts = limit + 20 if accepted == limit else max(1, accepted)
 
+
 class LeanSession(Readings):
     """
     One client's session over plain sockets (see the module).  To the relay
@@ -193,7 +193,7 @@ class LeanSession(Readings):
         self.client.setblocking(False)
         if f.allow.networks and not f.allows(self.peer):
             self.ended = True
-            self.client.close()
+            _closeSocket(self.loop, self.client, _RESET)  # refused: reset, as the transport path does
             return
         f.table.admit(self)
 
@@ -310,7 +310,7 @@ class LeanSession(Readings):
             if self.ended:
                 return
         if events & (IN | ERR):
-            if self._masks[0] & IN:
+            if (self._masks[0] or 0) & IN:  # (None: out of the epoll after a hang-up)
                 self.out.readable()
             elif not events & OUT:
                 self._quiet(0, events)
@@ -327,7 +327,7 @@ class LeanSession(Readings):
             if self.ended:
                 return
         if events & (IN | ERR):
-            if self._masks[1] & IN:
+            if (self._masks[1] or 0) & IN:  # (None: out of the epoll after a hang-up)
                 self.back.readable()
             elif not events & OUT:
                 self._quiet(1, events)
