@@ -383,8 +383,13 @@ def raw_exchange(port, data, timeout=IO_TIMEOUT, shut=False, pieces=None, delay=
     half-close, then read until the proxy closes; returns (bytes, seconds
     until EOF, how it ended: "eof" or "reset" or "timeout").
     """
-    s = _sock(port, timeout)
     t0 = time.monotonic()
+    try:
+        s = _sock(port, timeout)
+    except ConnectionResetError:
+        # Reset before connect() returned: a proxy that refuses at accept
+        # (--allow) can be that quick; the client saw the same refusal.
+        return b"", time.monotonic() - t0, "reset"
     try:
         for i, p in enumerate(pieces if pieces is not None else [data]):
             if i and delay:
