@@ -248,3 +248,25 @@ async def test_connect_timeout_fails_over(net, request, loop):
     first = factory.balancer.targets[0]
     assert first.connectErrors == 1 and "timed out" in first.why
     await settled(factory, loop)
+
+
+@pytest_twisted.ensureDeferred
+async def test_relay_service_serves_plain_ports_lean(net, request, loop):
+    """What twistd runs: a RelayService on a tcp: string serves lean sessions; with --send-proxy, protocols."""
+    from splicing.app.service import RelayService
+    from splicing.relay.lean import LeanSession
+
+    sport, servers = server(net, 4, PeerCfg(data=None, half_close=False))
+    kinds = []
+    for kw in ({}, {"sendProxy": "v1"}):
+        factory = RelayFactory([endpoint(4, sport.getHost().port)], reactor=reactor, **kw)
+        svc = RelayService(["tcp:0:interface=127.0.0.1"], factory, reactor=reactor, shutdownTimeout=0)
+        svc.startService()
+        request.addfinalizer(lambda svc=svc: svc.running and svc.stopService())
+        await wait_until(lambda: svc.ports, what="the service to listen")
+        c = await client(net, 4, svc.ports[0], PeerCfg(data=b"hello", half_close=False))
+        await wait_until(lambda: len(factory.table.active) == 1, what="the session to begin")
+        kinds.append(type(next(iter(factory.table.active))))
+        c.transport.abortConnection()
+        await svc.stopService()
+    assert kinds == [LeanSession, RelayProtocol]
