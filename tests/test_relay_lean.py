@@ -8,6 +8,7 @@ twistd-level tests of the TCP relay (half-close, PROXY-less configs,
 metrics, early closes) run on lean sessions too.
 """
 
+import errno
 import hashlib
 import os
 import socket
@@ -270,3 +271,21 @@ async def test_relay_service_serves_plain_ports_lean(net, request, loop):
         c.transport.abortConnection()
         await svc.stopService()
     assert kinds == [LeanSession, RelayProtocol]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reset_while_the_pipe_holds_bytes_returns_the_pipe(net, request, loop):
+    """
+    The client half-closed, then resets while its answer waits in a pipe:
+    the session ends (as EOF: the client had closed its way) and the pipe
+    goes back to the pool (the first version kept it: found by
+    C{python -m tests.stress}'s early closes).
+    """
+    sport, servers = server(net, 4, PeerCfg(data=os.urandom(3_000_000)))
+    factory, port = relay(net, request, [(4, sport.getHost().port)], sndbuf=32768)
+    c = await client(net, 4, port, PeerCfg(data=b"x", read_delay=30, rcvbuf=65536, reset_after=0.5))
+    await wait(c.lost, what="the client's reset")
+    await settled(factory, loop)
+    (stats,) = factory.ended
+    assert stats["how"] == "eof" and stats["error"] in (errno.ECONNRESET, errno.EPIPE)
+    assert stats["bytes_out"] == 1 and 65536 < stats["bytes_in"] < 3_000_000

@@ -425,6 +425,9 @@ class LeanSession(Readings):
         C{loseConnection} does.
         """
         self._finish(how)
+        for d in (self.out, self.back):
+            if d is not None:
+                d.drop()  # (a direction that failed may still hold a pipe)
         self._closeSockets(socket.SHUT_RDWR if unread else None)
 
     def _abort(self, how):

@@ -184,9 +184,16 @@ class LeanDirection:
         self.session.directionDone(self)
 
     def drop(self):
-        """The session is aborted: give the pipe back (and what it held is lost with the session)."""
-        if self.mover is not None and self.mover.pipe is not None:
-            self.mover.release()
+        """
+        The session is ending: give the pipe back (one that still holds
+        bytes is closed: they are lost with the session, as a reset loses
+        what the socket held).
+        """
+        m = self.mover
+        if m is not None and m.pipe is not None:
+            pipe, m.pipe = m.pipe, None
+            m.pool.put(pipe, empty=not m.pending)
+            m.pending = 0
         self.pending = None
         if self.result is None:
             self.result = Reason.UNSPLICED
