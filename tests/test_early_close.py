@@ -5,7 +5,8 @@ Clients and origins that close early (issue 13, items 1 and 3), against real
 The matrix: every close point of ``earlyclose.CLOSE_POINTS`` (before, in and
 after the request head, in the request body, in and after the response) x
 FIN or reset x each way of moving bytes (``--backend kernel``, ``mbuf``,
-``transport``, a TLS listener, a TLS origin), plus the origin closing early
+``transport``, a TLS listener, a TLS origin; for ``splice tcp`` also the
+default ``auto``, which lean sessions serve), plus the origin closing early
 (before answering, in the middle of a body).  After each case the process
 must hold no connection within two seconds (read from /proc/PID/net/tcp*),
 hold as many descriptors as before, use no CPU while idle, report no active
@@ -40,7 +41,7 @@ _METRICS = re.compile(r"metrics \S+ listening on (\S+)")
 _BAD = re.compile(r"Traceback|critical|Unhandled")
 
 HTTP_KINDS = ("kernel", "mbuf", "transport", "tls-listener", "tls-origin")
-TCP_KINDS = ("kernel", "mbuf", "transport")
+TCP_KINDS = ("auto", "kernel", "mbuf", "transport")  # auto: the default, served by lean sessions
 
 
 class Relay:
