@@ -99,5 +99,15 @@ class KernelMover:
         self.pool.put(pipe, empty=not left)
         return b"".join(chunks)
 
+    def discard(self):
+        """
+        Give the pipe back without reading what it holds (its reader is
+        gone): a pipe that still holds bytes is closed by the pool.
+        """
+        pipe, self.pipe = self.pipe, None
+        if pipe is not None:
+            self.pool.put(pipe, empty=not self.pending)
+        self.pending = 0
+
     def whenAvailable(self, callback):
         self.pool.whenAvailable(callback)

@@ -81,13 +81,6 @@ class DeadlineSweep:
     def discard(self, key):
         self.entries.pop(key, None)
 
-    def stop(self):
-        """Forget everything and cancel the timer (a relay shutting down)."""
-        self.entries.clear()
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-
     def _sweep(self):
         self._call = None
         now = self.reactor.seconds()

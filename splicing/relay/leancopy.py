@@ -189,11 +189,8 @@ class LeanDirection:
         bytes is closed: they are lost with the session, as a reset loses
         what the socket held).
         """
-        m = self.mover
-        if m is not None and m.pipe is not None:
-            pipe, m.pipe = m.pipe, None
-            m.pool.put(pipe, empty=not m.pending)
-            m.pending = 0
+        if self.mover is not None:
+            self.mover.discard()
         self.pending = None
         if self.result is None:
             self.result = Reason.UNSPLICED
