@@ -85,7 +85,10 @@ class Twistd:
         """The log as twisted.logger JSON events (``twist`` logs JSON when not on a terminal)."""
         import json
 
-        return [json.loads(line) for line in self.text().splitlines() if line.startswith("{")]
+        # Only whole lines: the relay may be writing its last one as we read (the
+        # text after the last newline is an event not yet finished).
+        complete = self.text().rpartition("\n")[0]
+        return [json.loads(line) for line in complete.splitlines() if line.startswith("{")]
 
     def signal(self, number):
         self.proc.send_signal(number)
