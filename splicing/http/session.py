@@ -20,6 +20,7 @@ from zope.interface import implementer
 
 from splicing.relay import proxyheader
 from splicing.relay.balance import BalancedEndpoint, NoBackendError, connectFrom
+from splicing.relay.dispatch import dispatchDirectly
 from splicing.relay.events import connectFailure, connectionFailure, plural
 from splicing.core.endpoint import noDelay, shutWrite
 from splicing.http.closing import HALF_CLOSED_STALL, Linger, StallWatch, isOpen, reset, writesPending
@@ -86,12 +87,20 @@ class HTTPProxyProtocol(SessionFigures, Protocol):
     why = None  # why the session failed, in words (the log event's "why")
     #: seconds a response may stall once the client ended its side (see L{_clientEnded})
     halfClosedStall = HALF_CLOSED_STALL
+    #: True: the reactor wraps each readiness event of the session's sockets in
+    #: Twisted's legacy log context, so a C{twisted.python.log} call in a hook
+    #: carries the connection's C{[system]} prefix (about 1.3 µs an event).
+    #: False: they are dispatched directly (L{splicing.relay.dispatch});
+    #: C{twisted.logger} events, the proxy's own included, are the same either way.
+    legacyLogContext = False
 
     def connectionMade(self):
         self.ended = False
         self.backend = None
         self.linger = Linger(self.factory.reactor, self.factory.idle)
         proxyheader.whenHeaderRejected(self.transport, lambda why: self.factory.rejected(self, why))
+        if not self.legacyLogContext:
+            dispatchDirectly(self.factory.reactor, self.transport)
         self.transport.pauseProducing()
         self.factory.admit(self)
 
@@ -392,6 +401,8 @@ class HTTPProxyProtocol(SessionFigures, Protocol):
             return
         self.backend = backend
         backend.proxy = self
+        if not self.legacyLogContext:
+            dispatchDirectly(self.factory.reactor, backend.transport)
         noDelay(self.transport)
         noDelay(backend.transport)
         self.responses.src = backend.transport

@@ -7,7 +7,8 @@ which hands the bytes to a protocol: about ten microseconds an event before
 anything is read.  A relay session that only moves bytes between two
 sockets needs none of that.  L{SessionLoop} keeps their descriptors in an
 epoll instance of its own, registered with the reactor as a single reader:
-when any of them is ready, the reactor calls L{SessionLoop.doRead} once,
+when any of them is ready, the reactor calls L{SessionLoop.doRead} once
+(without a log context: L{splicing.relay.dispatch}),
 which collects the ready descriptors with C{epoll_wait} (no waiting) and
 calls each one's handler directly.  Timers, other transports and the
 listening ports stay the reactor's, so everything still runs in one thread
@@ -21,6 +22,8 @@ descriptor forgotten during the batch are dropped for the rest of it.
 import select
 
 from twisted.logger import Logger
+
+from splicing.relay.dispatch import dispatchDirectly
 
 _loops = {}  # reactor -> its SessionLoop
 
@@ -52,6 +55,7 @@ class SessionLoop:
         self.handlers = {}
         self.closed = False
         self._stale = set()
+        dispatchDirectly(reactor, self)  # (its handlers log through twisted.logger only)
         reactor.addReader(self)
 
     # -- the reactor's side (an IReadDescriptor)
