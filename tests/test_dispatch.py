@@ -8,13 +8,15 @@ import socket
 
 import pytest
 import pytest_twisted
-from twisted.internet import selectreactor
+from twisted.internet import endpoints, protocol, reactor, selectreactor
 from twisted.internet.epollreactor import EPollReactor
 from twisted.python import context, log
 from twisted.python.failure import Failure
 
-from httpharness import Proxy, WebOrigin, blob, urlopen
+from harness import wait_until
+from httpharness import Proxy, WebOrigin, blob, in_thread, urlopen
 from splicing.relay import dispatch
+from splicing.relay.tcp import RelayFactory, RelayProtocol
 
 
 class Readable:
@@ -178,3 +180,50 @@ async def test_proxy_hooks_see_the_log_context_only_when_asked(net, legacy):
         assert len(systems) == 2 and all(s.startswith("Hooked,") and s.endswith(",127.0.0.1") for s in systems)
     else:
         assert systems == ["-", "-"]
+
+
+class _Echo(protocol.Protocol):
+    def dataReceived(self, data):
+        self.transport.write(data)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["direct", "legacyLogContext"])
+@pytest_twisted.ensureDeferred
+async def test_relay_sessions_on_twisted_transports(net, legacy):
+    """A TCP relay session that keeps Twisted's transports (a forced path) marks both sockets, unless asked not to."""
+    origin = net.listen(protocol.Factory.forProtocol(_Echo))
+    ended = []
+
+    class Relay(RelayProtocol):
+        legacyLogContext = legacy
+
+        def sessionEnded(self, stats):
+            ended.append((stats, self.transport, self.backend.transport))
+
+    f = RelayFactory([endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", origin.getHost().port)],
+                     backendPath="mbuf", reactor=reactor)
+    f.protocol = Relay
+    port = net.listen(f)
+    f.table.addPort(port)
+    try:
+        data = bytes(range(256)) * 400
+
+        def client():
+            with socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5) as s:
+                s.sendall(data)
+                s.shutdown(socket.SHUT_WR)
+                got = b""
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        return got
+                    got += chunk
+
+        assert await in_thread(client) == data
+        await wait_until(lambda: ended, 5, "the session to end")
+    finally:
+        f.table.removePort(port)
+    stats, client_side, backend_side = ended[0]
+    assert stats["bytes_out"] == stats["bytes_in"] == len(data)
+    for t in (client_side, backend_side):
+        assert getattr(t, dispatch.MARK, False) is (not legacy)

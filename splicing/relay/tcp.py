@@ -23,6 +23,7 @@ from splicing.relay.admission import Admission
 from splicing.relay.access import AllowList, formatAddress
 from splicing.relay.balance import Balancer, NoBackendError, Target
 from splicing.relay.autosplice import autoSpliceOrCopy
+from splicing.relay.dispatch import dispatchDirectly
 from splicing.relay.events import connectFailure, connectionFailure, endedLine, plural
 from splicing.relay.fallback import CopyDirection
 from splicing.relay.idle import IdleSweep
@@ -77,6 +78,10 @@ class RelayProtocol(Readings, Protocol):
     headerLength = 0
     #: Seconds to wait for L{headerLength} bytes; then choose with fewer.
     headerTimeout = 5.0
+    #: False: once relaying, the session's sockets are dispatched without
+    #: Twisted's legacy log context (L{splicing.relay.dispatch}); True keeps
+    #: it, for a subclass whose code logs through C{twisted.python.log}.
+    legacyLogContext = False
 
     backend = None
     target = None
@@ -207,6 +212,8 @@ class RelayProtocol(Readings, Protocol):
         self._phase = "relaying"
         for t in (self.transport, backend.transport):
             noDelay(t)
+            if not self.legacyLogContext:
+                dispatchDirectly(self.factory.reactor, t)
         f = self.factory
         if f.sendProxy:
             backend.transport.write(proxyheader.encode(f.sendProxy, self.transport.getPeer(), self.transport.getHost()))
