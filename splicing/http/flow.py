@@ -156,6 +156,8 @@ class Flow:
             else:
                 self._peekedHead(data if size == len(data) else data[:size])
         finally:
+            if self._peek is not None and self._taken == len(self._peek):
+                self.flush()  # nothing behind it to batch with: out first, the socket's copy taken after
             self._consume()
         return None
 
