@@ -4,11 +4,12 @@ idle sessions.  Each command runs as its own process (the suite starts
 them), with epoll and non-blocking sockets so one process serves thousands
 of connections; only 127.0.0.1 is used and every client is bounded in time.
 
-    python -m benchmarks._echoload origin [--close-after N]
+    python -m benchmarks._echoload origin [--close-after N] [--port P] [--reuseport]
         Listen on a free 127.0.0.1 port, print C{PORT <n>}, echo every byte
         back.  With C{--close-after N}, close a connection once N bytes went
         back (the session-rate origin: the server closes first, so TIME_WAIT
         lands on the listening side, not on the relay's ephemeral ports).
+        With C{--reuseport}, several origins can listen on one port.
 
     python -m benchmarks._echoload ping --port P --count N
         One connection, N round trips of one byte (after 200 unrecorded
@@ -59,6 +60,8 @@ def origin(args):
     _raise_nofile()
     ls = socket.socket()
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if args.reuseport:  # several origin processes on one port, the kernel spreading the clients
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     ls.bind(("127.0.0.1", args.port))
     ls.listen(4096)
     ls.setblocking(False)
@@ -299,6 +302,7 @@ def main(argv=None):
     o = sub.add_parser("origin")
     o.add_argument("--port", type=int, default=0)
     o.add_argument("--close-after", type=int, default=0)
+    o.add_argument("--reuseport", action="store_true", help="share the port with other origins (SO_REUSEPORT)")
     for name in ("ping", "rate", "hold"):
         c = sub.add_parser(name)
         c.add_argument("--port", type=int, required=True)

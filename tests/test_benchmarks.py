@@ -211,3 +211,51 @@ def test_redis_benchmark_through_a_direct_connection():
     runs, failures = redis_bench.measure(["direct"], 300, 5, 1)
     assert not failures and set(runs["direct"][0]) >= set(redis_bench.TESTS)
     assert all(runs["direct"][0][t] > 0 for t in redis_bench.TESTS)
+
+
+def test_workers_scale_table_ratios_and_machine():
+    """The many-core table: x 1 against the same relay's one process, splice vs HAProxy at each count."""
+    from benchmarks import workers_scale as ws
+
+    rows = []
+    for kind, n, rate, cpu in [("direct", 0, 50000, None), ("splice", 1, 10000, 100), ("haproxy", 1, 15000, 60),
+                               ("splice", 2, 19000, 105), ("haproxy", 2, 28000, 62)]:
+        label = "direct" if kind == "direct" else "%s %d" % (kind, n)
+        rows.append({"label": label, "kind": kind, "n": n, "rate": rate, "cpu_us": cpu, "errors": 0,
+                     "relay_cores": None if cpu is None else rate * cpu / 1e6, "load_cores": 1.5})
+    text = ws.markdown(rows, 3, 1, 4, 4)
+    lines = {l.split(" | ")[0].lstrip("| "): l for l in text.splitlines() if l.startswith("| ")}
+    assert "| 19000 | 1.90 | 0.68 | 105 |" in lines["splice 2"]  # 19000/10000, 19000/28000
+    assert "| 28000 | 1.87 | - | 62 |" in lines["haproxy 2"]
+    assert "| 10000 | 1.00 | 0.67 |" in lines["splice 1"]
+    assert text.startswith("Machine: ") and "%d cores" % os.cpu_count() in text.splitlines()[0]
+
+
+def test_workers_scale_loads_share_one_origin_port():
+    """Several echo origins on one port, several rate clients at once, through a direct connection (about 2 s)."""
+    import shutil
+    import tempfile
+
+    from benchmarks import workers_scale as ws
+
+    workdir = tempfile.mkdtemp()
+    origins, port = ws.origins(2, workdir)
+    try:
+        assert all(o.proc.poll() is None for o in origins)  # the second bound the same port
+        res = ws.run_rates(port, 0.5, 8, 2)
+        assert res["sessions"] > 0 and res["errors"] == 0 and res["error"] is None
+    finally:
+        for o in origins:
+            o.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_haproxy_threads_config():
+    from benchmarks import workers_scale as ws
+
+    import tempfile
+    r = ws.HAProxyThreads(4, tempfile.mkdtemp(), 1234)
+    cmd = r.command(5678)
+    with open(cmd[-1]) as f:
+        cfg = f.read()
+    assert cfg.startswith("global\n    nbthread 4\n") and "bind 127.0.0.1:5678" in cfg and r.label == "haproxy, 4 threads"
