@@ -44,8 +44,9 @@ def dispatchDirectly(reactor, selectable):
 
 def install(reactor):
     """Give C{reactor} the direct dispatch, once; False for a reactor it does not fit."""
-    if reactor.__dict__.get("doIteration") is not None:
-        return getattr(reactor.doIteration, MARK, False)
+    own = getattr(reactor, "__dict__", {}).get("doIteration")
+    if own is not None:  # ours already, or someone else's: left as it is
+        return getattr(own, MARK, False)
     try:
         from twisted.internet.epollreactor import EPollReactor
     except ImportError:  # (no epoll: not Linux)
@@ -59,7 +60,7 @@ def install(reactor):
 
 def uninstall(reactor):
     """Give C{reactor} its own dispatch back (marks stay, unread)."""
-    if getattr(reactor.__dict__.get("doIteration"), MARK, False):
+    if getattr(getattr(reactor, "__dict__", {}).get("doIteration"), MARK, False):
         del reactor.doIteration
 
 
