@@ -185,6 +185,10 @@ def main(argv=None):
     if not 0 < args.chunk_kib <= CHUNK >> 10:
         p.error("--chunk-kib must be from 1 to %d, not %d" % (CHUNK >> 10, args.chunk_kib))
     names = [n.strip() for n in args.relays.split(",") if n.strip()]
+    if not args.baseline and any(relayKind(n) == "http-proxy-baseline" for n in names):
+        p.error("--relays http-proxy-baseline needs --baseline TREE (the checkout whose proxy it runs)")
+    if args.baseline and not os.path.isdir(os.path.join(args.baseline, "splicing")):
+        p.error("--baseline %s: not a checkout of this project (no splicing/ folder in it)" % args.baseline)
     if args.baseline:
         Relay.baseline = args.baseline
         if "http-proxy-baseline" not in names:
@@ -192,8 +196,9 @@ def main(argv=None):
     nbytes = args.size_mib << 20
     t_start = time.monotonic()
     w = sys.stdout.write
-    w("http_throughput: %d MiB bodies, %d interleaved repetitions, %d CPUs, Python %s\n"
-      % (args.size_mib, args.repeat, os.cpu_count(), sys.version.split()[0]))
+    w("http_throughput: %s, %d interleaved repetitions, %d CPUs, Python %s\n"
+      % ("small requests only, %g s per run" % args.small_seconds if args.small_only else "%d MiB bodies" % args.size_mib,
+         args.repeat, os.cpu_count(), sys.version.split()[0]))
     sys.stdout.flush()
     results, failures = measure(names, nbytes, args.repeat, args.small_seconds, args.verbose, args.chunk_kib << 10,
                                 bodies=not args.small_only)
@@ -267,8 +272,8 @@ def _median(runs, key):
     return statistics.median(key(r) for r in ok) if ok else None
 
 
-def report(names, results, failures, args, out=sys.stdout):
-    w = out.write
+def report(names, results, failures, args, out=None):
+    w = (out or sys.stdout).write  # (sys.stdout when called: a default bound at import would outlive a redirection)
     chunk = args.chunk_kib << 10
     gbps = lambda r: r["bytes"] / r["secs"] / 1e9
     cpu = lambda r: (r["relay_cpu"] / (r["bytes"] / 1e9)) if r.get("relay_cpu") is not None else float("nan")

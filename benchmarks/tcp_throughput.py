@@ -307,8 +307,8 @@ def summarize(runs):
     }
 
 
-def report(names, results, integrity, failures, args, out=sys.stdout):
-    w = out.write
+def report(names, results, integrity, failures, args, out=None):
+    w = (out or sys.stdout).write  # (sys.stdout when called, not when imported)
     summ = {n: summarize(results[n]) for n in names}
     direct = summ.get("direct")
     pf = summ.get("portforward")
@@ -429,12 +429,13 @@ def main(argv=None):
     return 1 if bad or m["failures"] else 0
 
 
-def measure(names, seconds, repeat, integrity_mib=64, verbose=False, out=sys.stdout):
+def measure(names, seconds, repeat, integrity_mib=64, verbose=False, out=None):
     """
     Start the relays C{names}, run the integrity pass and C{repeat}
     interleaved timed runs; returns C{{results, integrity, failures, active}}
     (results: per relay, the L{run_once} dicts; failures: C{(relay, why)}).
     """
+    out = out or sys.stdout
     workdir = tempfile.mkdtemp(prefix="splicing-bench-")
     receiver = None
     relays = {}

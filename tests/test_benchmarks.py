@@ -259,3 +259,30 @@ def test_haproxy_threads_config():
     with open(cmd[-1]) as f:
         cfg = f.read()
     assert cfg.startswith("global\n    nbthread 4\n") and "bind 127.0.0.1:5678" in cfg and r.label == "haproxy, 4 threads"
+
+
+def test_http_small_only_beside_a_baseline_tree(capsys, monkeypatch):
+    """
+    C{--small-only} runs the small requests and no body; C{--baseline TREE}
+    runs that checkout's proxy beside this one (here the same tree) and
+    compares them (about 3 s).  Without a tree, or with a folder that is not
+    a checkout, it says so before starting anything.
+    """
+    import pytest
+
+    from benchmarks import http_throughput as h
+
+    monkeypatch.setattr(h.Relay, "baseline", None)  # (main sets it for the run)
+    rc = h.main(["--small-only", "--small-seconds", "0.3", "--repeat", "1", "--relays", "http-proxy",
+                 "--baseline", ROOT])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "small requests only" in out and "Content-Length" not in out and "chunked" not in out
+    line = next(l for l in out.splitlines() if l.startswith("small keep-alive req/s"))
+    assert len(line.split()) == 5 and all(int(x) > 0 for x in line.split()[3:])  # both proxies answered
+    assert "http-proxy / http-proxy-baseline" in out
+    for argv, words in ((["--relays", "http-proxy-baseline"], "needs --baseline TREE"),
+                        (["--baseline", "/nonexistent"], "not a checkout")):
+        with pytest.raises(SystemExit) as e:
+            h.main(["--small-only"] + argv)
+        assert e.value.code == 2 and words in capsys.readouterr().err
