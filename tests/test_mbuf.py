@@ -866,3 +866,77 @@ def test_packet_send_chain_with_more_than_iov_max_mbufs():
     assert pool.in_use == 0
     a.close()
     b.close()
+
+
+def test_mover_reads_ask_for_what_recent_reads_took():
+    """
+    The mbuf path's reads: a small message takes one cluster from the pool
+    (a request and its answer do not pay for sixteen), a bulk stream grows
+    its reads to the whole in-flight cap, and they shrink back once the
+    messages are small again.  Every byte arrives, in order.
+    """
+    from splicing.paths.mbuf import INFLIGHT, MbufMover
+
+    pool = ClusterPool(limit=64)
+    taken = []
+    get = pool.get
+
+    def counting():
+        taken.append(1)
+        return get()
+
+    pool.get = counting
+    src, feed = socket.socketpair()
+    dst, out = socket.socketpair()
+    for s in (src, dst, feed, out):
+        s.setblocking(False)
+    for s in (src, feed, dst, out):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    m = MbufMover(src, dst, pool=pool)
+    got = bytearray()
+    wants = []
+
+    def move(data):
+        """Feed C{data}, move it through, read it back; the clusters the reads took."""
+        feed.sendall(data)
+        del taken[:]
+        left = len(data)
+        while left:
+            n = m.fill(m.space)
+            assert n is not None and n > 0
+            left -= n
+            wants.append(m.want)
+            while m.pending:
+                m.flush()
+                while True:
+                    try:
+                        got.extend(out.recv(1 << 20))
+                    except BlockingIOError:
+                        break
+        return len(taken)
+
+    try:
+        sent = bytearray()
+        for i in range(3):  # ping-pong sized messages
+            msg = bytes([i]) * 10
+            sent += msg
+            assert move(msg) == 1 and m.want == pool.size
+        bulk = bytes(range(256)) * 8192  # 2 MiB
+        sent += bulk
+        del wants[:]
+        move(bulk)
+        assert max(wants) == INFLIGHT  # grown to the whole cap: 64 KiB, 128, 256, 512, 1 MiB
+        assert len(wants) <= 8
+        for i in range(4):  # small again: the reads shrink back to one cluster
+            msg = b"x" * 100
+            sent += msg
+            move(msg)
+        assert m.want == pool.size and move(b"y") == 1
+        sent += b"y"
+        assert bytes(got) == bytes(sent)
+    finally:
+        m.release()
+        for s in (src, feed, dst, out):
+            s.close()
+    assert pool.in_use == 0
