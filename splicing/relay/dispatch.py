@@ -11,8 +11,9 @@ without it), and 10 % of the HTTP proxy's CPU per small request.  The
 relays log with L{twisted.logger}, whose events never read that context,
 so for a selectable whose code is all ours it buys nothing.
 
-L{dispatchDirectly} marks such a selectable (the session loop, the HTTP
-proxy's sockets when its protocol is the stock one) and gives the reactor
+L{dispatchDirectly} marks such a selectable (the session loop; the HTTP
+proxy's and the TCP relay's sockets, unless their protocol class sets
+C{legacyLogContext}) and gives the reactor
 an iteration that calls C{_doReadOrWrite} (Twisted's own read, write,
 error and disconnect handling) directly for marked selectables, and
 through C{callWithLogger} exactly as before for every other.  It replaces
@@ -51,8 +52,8 @@ def install(reactor):
         from twisted.internet.epollreactor import EPollReactor
     except ImportError:  # (no epoll: not Linux)
         return False
-    cls = type(reactor)
-    if not isinstance(reactor, EPollReactor) or cls.doIteration is not EPollReactor.doPoll or cls.doPoll is not EPollReactor.doPoll:
+    cls, stock = type(reactor), EPollReactor.doPoll
+    if not isinstance(reactor, EPollReactor) or not (cls.doIteration is stock and cls.doPoll is stock):
         return False
     reactor.doIteration = _directPoll(reactor)
     return True
