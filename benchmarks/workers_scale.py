@@ -45,7 +45,7 @@ class HAProxyThreads(Relay):
     def __init__(self, threads, workdir, dest_port):
         Relay.__init__(self, "haproxy", workdir, dest_port)
         self.threads = threads
-        self.label = "haproxy, %d thread%s" % (threads, "" if threads == 1 else "s")
+        self.label = rowName("haproxy", threads)
         self.log = os.path.join(workdir, "haproxy-%d.log" % threads)
 
     def command(self, port):
@@ -56,6 +56,12 @@ class HAProxyThreads(Relay):
         with open(cfg, "w") as f:
             f.write(text.replace("global\n", "global\n    nbthread %d\n" % self.threads, 1))
         return cmd
+
+
+def rowName(kind, n):
+    """A row's name: "splice, 2 workers", "haproxy, 1 thread"."""
+    unit = "worker" if kind == "splice" else "thread"
+    return "%s, %d %s%s" % (kind, n, unit, "" if n == 1 else "s")
 
 
 def machine():
@@ -114,10 +120,10 @@ def measure(counts=COUNTS, seconds=3.0, repeat=3, loads=4, origin_count=4, hapro
     concurrency = PER_PROCESS * max(counts)
     setups = [("direct", "direct", 0)]
     for n in counts:
-        setups.append(("splice, %d worker%s" % (n, "" if n == 1 else "s"), "splice", n))
+        setups.append((rowName("splice", n), "splice", n))
         if haproxy:
-            setups.append(("haproxy, %d thread%s" % (n, "" if n == 1 else "s"), "haproxy", n))
-    loadsOf, port = origins(origin_count, workdir)
+            setups.append((rowName("haproxy", n), "haproxy", n))
+    originLoads, port = origins(origin_count, workdir)
     relays, rows = {}, []
     try:
         for label, kind, n in setups:
@@ -131,7 +137,7 @@ def measure(counts=COUNTS, seconds=3.0, repeat=3, loads=4, origin_count=4, hapro
             for label, kind, n in setups:
                 relay = relays[label]
                 cpu0 = relay.cpu() if relay else 0.0
-                load0 = sum(proc_cpu(o.proc.pid) for o in loadsOf) + _children()
+                load0 = sum(proc_cpu(o.proc.pid) for o in originLoads) + _children()
                 res = run_rates(relay.port if relay else port, seconds, concurrency, loads)
                 secs = res["secs"]
                 cores = (relay.cpu() - cpu0) / secs if relay else None
@@ -139,14 +145,14 @@ def measure(counts=COUNTS, seconds=3.0, repeat=3, loads=4, origin_count=4, hapro
                     "label": label, "kind": kind, "n": n, "sessions": res["sessions"], "errors": res["errors"],
                     "error": res["error"], "rate": res["sessions"] / secs, "relay_cores": cores,
                     "cpu_us": 1e6 * cores * secs / res["sessions"] if relay and res["sessions"] else None,
-                    "load_cores": (sum(proc_cpu(o.proc.pid) for o in loadsOf) + _children() - load0) / secs,
+                    "load_cores": (sum(proc_cpu(o.proc.pid) for o in originLoads) + _children() - load0) / secs,
                 })
                 log("  run %d %-22s %8.0f sessions/s" % (rep + 1, label, rows[-1]["rate"]))
     finally:
         for relay in relays.values():
             if relay:
                 relay.stop()
-        for o in loadsOf:
+        for o in originLoads:
             o.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     return rows
